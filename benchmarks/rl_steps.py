@@ -71,10 +71,10 @@ def run_variant(loop: str, arch: str, variant: str, steps: int) -> dict:
             tr = DiffusionDPOTrainer(DiffusionDPOConfig(**common, beta=5000.0), pipe=pipe, pairs=pairs)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        tr.step()  # warm-up
+        tr.update()  # warm-up
         t0 = time.perf_counter()
         for _ in range(steps):
-            tr.step()
+            tr.update()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / steps

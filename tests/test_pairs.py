@@ -54,6 +54,29 @@ def test_margins_weights_and_ties_by_hand(run):
     assert set(pairs["annotator"]) == {"A"}
 
 
+
+def test_weight_when_judgements_or_the_mean_tie(tmp_path):
+    """Docstring rule: a judgement that ties, or a mean that ties, counts one half (both tying too)."""
+    r = Run(tmp_path, create=True)
+    per_request = {"q1": {"u": 3, "v": 3, "w": 3, "t": 3, "s": 5},
+                   "q2": {"u": 4, "v": 2, "w": 3, "t": 3, "s": 5},
+                   "q3": {"u": 2, "v": 4, "w": 3, "t": 3, "s": 3}}
+    r.write("annotations", schema.frame("annotations", [
+        x for k, (q, imgs) in enumerate(per_request.items())
+        for x in rows(q, "A", k, {i: {"aesthetics": s} for i, s in imgs.items()})]))
+    _, pairs = build_pairs(r)
+    w = {frozenset((x["win_image_id"], x["lose_image_id"])): (x["weight"], x["tie"])
+         for x in pairs.filter(pl.col("aspect") == "aesthetics").iter_rows(named=True)}
+    # u-v: d = 0, +2, -2 -> mean ties; every judgement .5 (counting the tied q1 as agreeing gives 2/3)
+    assert w[frozenset("uv")] == (pytest.approx(0.5), True)
+    # t-w: every judgement ties and so does the mean: .5 each (a match would give 1)
+    assert w[frozenset("tw")] == (pytest.approx(0.5), True)
+    # s-w: d = 2, 2, 0 -> s wins; agree 1, 1, .5
+    assert w[frozenset("sw")] == (pytest.approx(2.5 / 3), False)
+    # s-u: d = 2, 1, 1 -> all agree
+    assert w[frozenset("su")] == (pytest.approx(1.0), False)
+
+
 def test_weighted_overall_and_min_margin(run):
     _, pairs = build_pairs(run, overall="weights:fidelity=1,aesthetics=0")
     ov = pairs.filter(pl.col("aspect") == "overall")

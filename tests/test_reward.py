@@ -5,6 +5,8 @@ import math
 import polars as pl
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from typer.testing import CliRunner
 
 from vprefer import schema
@@ -123,6 +125,44 @@ def test_save_load_gives_identical_scores_and_score_pixels_has_gradients(world, 
     r = a.score_pixels(prompts[:2], px, aspects=["aesthetics", "prompt_following"])
     r.sum().backward()
     assert r.shape == (2, 2) and torch.isfinite(px.grad).all() and px.grad.abs().sum() > 0
+
+
+
+def test_score_pixels_matches_score_with_clip_normalisation(tmp_path):
+    """The ReFL path (torch resize + normalise) must score what the PIL path scores.
+
+    The tiny backbones use mean = std = 0.5, where forgetting the normalisation still leaves
+    inputs in a plausible range; CLIP's own statistics make the two paths disagree loudly."""
+    from transformers import CLIPImageProcessor
+
+    from vprefer.reward.model import load_backbone
+    from vprefer.reward.tiny import make_tiny_backbone
+
+    bb, tok, _ = load_backbone("clip", str(make_tiny_backbone("clip", tmp_path / "clip", image_size=32)))
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                              image_mean=[0.4815, 0.4578, 0.4082], image_std=[0.2686, 0.2613, 0.2758])
+    torch.manual_seed(0)
+    m = VPScore(bb, tok, proc, kind="clip", base="tiny", aspects=["overall"]).eval()
+    g = torch.rand(6, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+    ramp = torch.linspace(0, 1, 64)
+    smooth = (0.15 + 0.7 * (g * ramp.view(1, 1, -1, 1) + (1 - g) * ramp.view(1, 1, 1, -1)))  # 6 images, 64x64
+    for size in (32, 64):  # at the backbone's size (no resampling) and downscaled 2x (bicubic both ways)
+        px = F.interpolate(smooth, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        u8 = (px * 255).round().to(torch.uint8)
+        ims = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in u8]
+        prompts = ["a red circle"] * len(ims)
+        ref = torch.tensor(m.score(prompts, ims, normalize=False)["overall"])
+        with torch.no_grad():
+            got = m.score_pixels(prompts, u8.float() / 255, normalize=False)[:, 0]
+            mean, std = m.pixel_mean.clone(), m.pixel_std.clone()
+            m.pixel_mean.zero_(), m.pixel_std.fill_(1.0)  # what score_pixels gives without (x - mean) / std
+            raw = m.score_pixels(prompts, u8.float() / 255, normalize=False)[:, 0]
+            m.pixel_mean.copy_(mean), m.pixel_std.copy_(std)
+        spread = (ref.max() - ref.min()).item()  # how much scores move between these images
+        assert spread > 0
+        # same pixels in, same score out; downscaling differs only by PIL vs torch bicubic and uint8 rounding
+        assert (got - ref).abs().max().item() < (1e-5 if size == 32 else 0.1 * spread)
+        assert (raw - ref).abs().min().item() > 2 * spread
 
 
 def test_four_bit_lora_path_on_cpu(world, tmp_path):

@@ -73,8 +73,9 @@ def build_pairs(run: Run, *, overall: str = "mean", min_margin: float = 0.0,
          .with_columns((pl.col("sa") - pl.col("sb")).alias("d")))
     m = d.group_by("prompt_id", "aspect", "a", "b").agg(pl.col("d").mean().alias("m"))
     g = (d.join(m, on=["prompt_id", "aspect", "a", "b"])
-         .with_columns(pl.when(pl.col("d").sign() == pl.col("m").sign()).then(1.0)
-                       .when((pl.col("d").sign() == 0) | (pl.col("m").sign() == 0)).then(0.5)
+         # a tie on either side is checked first: a tied judgement of a tied mean is half credit, not a match
+         .with_columns(pl.when((pl.col("d").sign() == 0) | (pl.col("m").sign() == 0)).then(0.5)
+                       .when(pl.col("d").sign() == pl.col("m").sign()).then(1.0)
                        .otherwise(0.0).alias("agree"))
          .group_by("prompt_id", "aspect", "a", "b").agg(pl.col("m").first(), pl.col("agree").mean()))
     tie = pl.col("m").abs() <= min_margin + 1e-12

@@ -27,7 +27,8 @@ def qw_kappa(a, b, scale_max: int = 5) -> float:
 def kappa_with_ci(df: pl.DataFrame, n_boot: int, seed: int, scale_max: int = 5) -> tuple[float, float, float]:
     """``df``: prompt_id, h, j. Point estimate and a 95% bootstrap CI resampling prompts."""
     k = qw_kappa(df["h"], df["j"], scale_max)
-    groups = [g for _, g in df.group_by(["prompt_id"])]
+    # sorted, because group_by order is random and the seed alone would not fix the CI
+    groups = [g for _, g in df.sort("prompt_id").group_by(["prompt_id"], maintain_order=True)]
     if len(groups) < 2:
         return k, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
@@ -41,10 +42,14 @@ def kappa_with_ci(df: pl.DataFrame, n_boot: int, seed: int, scale_max: int = 5) 
 
 
 def human_human(human: pl.DataFrame) -> dict:
-    """Agreement between humans on the same tasks: each human in turn as gold for each other."""
+    """Agreement between humans on the same tasks: each human in turn as gold for each other.
+
+    Every ordered pair of distinct raters counts (never a rater with themselves, which would
+    inflate the ceiling); pair accuracy and kappa are pooled over all of them, so the kappa
+    does not depend on which rater happens to come first."""
     sc = human.filter(pl.col("score").is_not_null())
     multi = sc.group_by("task_id").agg(pl.col("annotator").n_unique().alias("n")).filter(pl.col("n") >= 2)["task_id"]
-    sc = sc.filter(pl.col("task_id").is_in(multi))
+    sc = sc.filter(pl.col("task_id").is_in(multi.to_list()))
     if sc.height == 0:
         return {"tasks": 0}
     accs, kap_a, kap_b = [], [], []
@@ -60,10 +65,9 @@ def human_human(human: pl.DataFrame) -> dict:
                     sw, sl = other.get((p["win_image_id"], p["aspect"])), other.get((p["lose_image_id"], p["aspect"]))
                     if sw is not None and sl is not None:
                         accs.append(1.0 if sw > sl else 0.0)
-        j = g.pivot(on="annotator", index=["image_id", "aspect"], values="score").drop_nulls()
-        if j.width >= 4:
-            kap_a += j[j.columns[2]].to_list()
-            kap_b += j[j.columns[3]].to_list()
+            both = ga.join(gb, on=["image_id", "aspect"]).select("score", "score_right")
+            kap_a += both["score"].to_list()
+            kap_b += both["score_right"].to_list()
     return {"tasks": multi.len(), "pair_accuracy_skip_ties": float(np.mean(accs)) if accs else float("nan"),
             "qw_kappa": qw_kappa(kap_a, kap_b) if kap_a else float("nan")}
 

@@ -43,6 +43,7 @@ def score_images(model, run: Run, image_ids: list[str] | None = None, batch_size
 def _bootstrap(per_prompt: pl.DataFrame, n_boot: int, seed: int) -> tuple[float, float]:
     if per_prompt.height == 0:
         return float("nan"), float("nan")
+    per_prompt = per_prompt.sort("prompt_id")  # group_by order is random: without this the seed would not fix the CI
     rng = np.random.default_rng(seed)
     c, n = per_prompt["credit"].to_numpy(), per_prompt["count"].to_numpy()
     idx = rng.integers(0, len(c), size=(n_boot, len(c)))

@@ -8,6 +8,7 @@ bf16/fp16, gradient checkpointing, logging/save steps, seed) plus a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from transformers import TrainingArguments
+from safetensors.torch import load_file, save_file
+from transformers import TrainingArguments, get_scheduler
 
 from vprefer.recipes import RecipeError, find_asset
 from vprefer.rl.pipeline import add_lora, load_pipeline, save_lora
@@ -42,6 +44,11 @@ class DiffusionTrainingConfig(TrainingArguments):
     eval_seed: int = 1234
     guidance_scale: float = 7.5
     reward_aspects: dict = field(default_factory=lambda: {"overall": 1.0})
+    sample_latents: bool = field(default=True, metadata={"help": "encode real images with a sample of the VAE "
+                                                                 "posterior (reference scripts), not its mean"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name; the "
+                                                                         "reference ReFL/DPO scripts use constant "
+                                                                         "(with warmup for DPO)"})
     create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: build a tiny random "
                                                                           "pipeline at `pretrained` if absent"})
 
@@ -66,7 +73,11 @@ def config_from_yaml(cls, path: str | Path, **overrides):
 
 def load_reward(spec) -> object | None:
     """A reward: a VP-Score folder/hub id, or any object with ``score_pixels`` and ``aspects``."""
-    if spec is None or hasattr(spec, "score_pixels"):
+    if spec is None:
+        return None
+    if hasattr(spec, "score_pixels"):
+        if isinstance(spec, torch.nn.Module):  # a reward passed as an object is frozen too: no stray grads
+            spec.requires_grad_(False).eval()
         return spec
     from vprefer.reward import VPScore
 
@@ -105,8 +116,9 @@ class DiffusionTrainerBase:
 
         self.config, self.out = config, Path(config.output_dir)
         mp = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+        # accumulation is done by hand in update() (one optimizer update = gradient_accumulation_steps
+        # micro-batches), so every step counter below counts optimizer updates, as transformers does
         self.acc = Accelerator(mixed_precision=mp if torch.cuda.is_available() else "no",
-                               gradient_accumulation_steps=config.gradient_accumulation_steps,
                                log_with="tensorboard" if "tensorboard" in (config.report_to or []) else None,
                                project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")))
         random.seed(config.seed)
@@ -127,6 +139,10 @@ class DiffusionTrainerBase:
         self.params = [p for p in unet.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.unet, self.opt = self.acc.prepare(unet, self.opt)
+        self.lr_sched = get_scheduler(config.lr_scheduler_type, self.opt,
+                                      num_warmup_steps=config.get_warmup_steps(config.max_steps),
+                                      num_training_steps=config.max_steps, scheduler_specific_kwargs=config.lr_scheduler_kwargs or None)
+        self.acc.register_for_checkpointing(self.lr_sched)
         self.ema = [p.detach().clone() for p in self.params] if config.ema_decay > 0 else None
         self.reward, self.holdout = load_reward(reward), load_reward(holdout_reward)
         self.callbacks = list(callbacks)
@@ -136,16 +152,33 @@ class DiffusionTrainerBase:
             self.acc.init_trackers(type(self).__name__)
 
     # ------------------------------------------------------------------ pieces
-    def optimize(self, loss: torch.Tensor) -> None:
-        self.acc.backward(loss)
-        if self.acc.sync_gradients and self.config.max_grad_norm:
+    def compute_loss(self) -> tuple[torch.Tensor, dict]:  # pragma: no cover - implemented by the loops
+        """One micro-batch: the loss to minimise and its metrics (no backward, no optimizer step)."""
+        raise NotImplementedError
+
+    def update(self) -> dict:
+        """One optimizer update over ``gradient_accumulation_steps`` micro-batches; metrics are their mean."""
+        k = max(1, self.config.gradient_accumulation_steps)
+        ms: list[dict] = []
+        for i in range(k):
+            sync = contextlib.nullcontext() if i == k - 1 else self.acc.no_sync(self.unet)
+            with sync:
+                loss, m = self.compute_loss()
+                self.acc.backward(loss / k)
+            ms.append(m)
+        if self.config.max_grad_norm:
             self.acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        lr = self.lr_sched.get_last_lr()[0]  # the rate this update uses
         self.opt.step()
+        self.lr_sched.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             with torch.no_grad():
                 for e, p in zip(self.ema, self.params):
                     e.lerp_(p.detach(), 1 - self.config.ema_decay)
+        out = {key: float(np.mean([m[key] for m in ms if key in m])) for key in ms[-1]}
+        out["lr"] = lr
+        return out
 
     def _swap_ema(self) -> None:
         if self.ema is not None:
@@ -193,13 +226,16 @@ class DiffusionTrainerBase:
                 s = rm.score_pixels(list(prompts), imgs.to(self.acc.device))
                 for k, a in enumerate(rm.aspects):
                     m[f"eval/{name}/{a}"] = s[:, k].mean().item()
-        m["eval/pixel_std"] = imgs.std(0).mean().item()  # diversity across prompts: falls under mode collapse
+        if len(prompts) > 1:  # diversity across prompts: falls under mode collapse (undefined for one prompt)
+            m["eval/pixel_std"] = imgs.std(0).mean().item()
         return m
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Path:
         d = self.out / "checkpoints" / f"step-{self.step_no:06d}"
         self.acc.save_state(str(d), safe_serialization=True)
+        if self.ema is not None and self.acc.is_main_process:
+            save_file({str(i): e.detach().cpu().contiguous() for i, e in enumerate(self.ema)}, str(d / "ema.safetensors"))
         (d / "vprefer_state.json").write_text(json.dumps({"step": self.step_no}))
         return d
 
@@ -209,6 +245,10 @@ class DiffusionTrainerBase:
             return 0
         self.acc.load_state(str(ckpts[-1]))
         self.step_no = json.loads((ckpts[-1] / "vprefer_state.json").read_text())["step"]
+        if self.ema is not None and (ckpts[-1] / "ema.safetensors").exists():
+            saved = load_file(str(ckpts[-1] / "ema.safetensors"))
+            for i, e in enumerate(self.ema):
+                e.copy_(saved[str(i)])
         return self.step_no
 
     def save(self) -> Path:
@@ -231,9 +271,8 @@ class DiffusionTrainerBase:
         c = self.config
         if self.step_no == 0:
             self.log({"phase": "before", **self.evaluate("before")})
-        while self.step_no < c.max_steps:
-            with self.acc.accumulate(self.unet):
-                metrics = self.step()
+        while self.step_no < c.max_steps:  # every counter here counts optimizer updates
+            metrics = self.update()
             self.step_no += 1
             if self.step_no % max(1, c.logging_steps) == 0 or self.step_no == c.max_steps:
                 self.log(metrics)
@@ -245,6 +284,3 @@ class DiffusionTrainerBase:
         self.save()
         self.acc.end_training()
         return self.history
-
-    def step(self) -> dict:  # pragma: no cover - implemented by the loops
-        raise NotImplementedError

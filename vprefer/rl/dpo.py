@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import polars as pl
@@ -22,6 +22,7 @@ import torch
 
 from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig
 from vprefer.rl.losses import diffusion_dpo_loss, noise_mse
+from vprefer.rl.noising import noise_target, sample_timesteps, training_scheduler
 from vprefer.rl.pipeline import encode, encode_images
 from vprefer.rl.refl import load_pixels
 from vprefer.store import Run
@@ -33,6 +34,9 @@ class DiffusionDPOConfig(DiffusionTrainingConfig):
     aspect: str = "overall"
     margin_weight: bool = False
     annotators: list | None = None
+    proportion_empty_prompts: float = field(default=0.2, metadata={"help": "share of pairs trained on the empty "
+                                                                           "prompt (official Diffusion-DPO: 0.2); "
+                                                                           "keeps the unconditional branch for CFG"})
 
 
 def dpo_pairs(run_dir, aspect: str, annotators: Sequence[str] | None = None) -> list[dict]:
@@ -58,9 +62,11 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
         super().__init__(config, **kw)
         if not pairs:
             raise ValueError("Diffusion-DPO needs preference pairs")
+        if not 0.0 <= config.proportion_empty_prompts <= 1.0:
+            raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {config.proportion_empty_prompts}")
         self.pairs = list(pairs)
-        self.sched = self.pipe.scheduler
-        self.rng = random.Random(config.seed)
+        self.sched = training_scheduler(self.pipe)  # its own forward process, never the pipeline's sampler
+        self.rng = random.Random(config.seed + self.acc.process_index)
         self.ref = None if config.use_lora else copy.deepcopy(self.acc.unwrap_model(self.unet)).requires_grad_(False)
 
     @contextmanager
@@ -76,21 +82,40 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
         finally:
             u.enable_adapters()
 
-    def step(self) -> dict:
-        c, bs = self.config, self.config.per_device_train_batch_size
-        batch = [self.rng.choice(self.pairs) for _ in range(bs)]
-        dev = self.acc.device
+    def pair_mses(self, batch: Sequence[dict], prompts: Sequence[str], *, generator: torch.Generator | None = None,
+                  sample_latents: bool | None = None):
+        """Policy and reference noise-prediction MSE on [winners..., losers...] (shared t and noise per pair)."""
+        c, bs, dev = self.config, len(batch), self.acc.device
         px = torch.stack([load_pixels(x[k], c.resolution) for k in ("win", "lose") for x in batch]).to(dev)
-        lat = encode_images(self.pipe, px)  # [winners..., losers...]
-        noise = torch.randn_like(lat[:bs]).repeat(2, 1, 1, 1)  # shared noise
-        t = torch.randint(0, self.sched.config.num_train_timesteps, (bs,), device=dev).repeat(2)  # shared t
+        sample = c.sample_latents if sample_latents is None else sample_latents
+        lat = encode_images(self.pipe, px, sample=sample, generator=generator)  # [winners..., losers...]
+        noise = torch.randn(lat[:bs].shape, generator=generator).to(dev, lat.dtype).repeat(2, 1, 1, 1)
+        t = sample_timesteps(self.sched, bs, dev, generator).repeat(2)
         noisy = self.sched.add_noise(lat, noise, t)
-        cond = encode(self.pipe, [x["prompt"] for x in batch] * 2, cfg=False, size=c.resolution)
-        target = noise if self.sched.config.prediction_type == "epsilon" else self.sched.get_velocity(lat, noise, t)
+        cond = encode(self.pipe, list(prompts) * 2, cfg=False, size=c.resolution)
+        target = noise_target(self.sched, lat, noise, t)
         mse = noise_mse(self.unet(noisy, t, **cond.kwargs()).sample, target)
         with torch.no_grad(), self.reference() as ref:
             ref_mse = noise_mse(ref(noisy, t, **cond.kwargs()).sample, target)
-        w = torch.tensor([x["margin"] for x in batch], device=dev) if c.margin_weight else None
+        return mse, ref_mse
+
+    def compute_loss(self) -> tuple[torch.Tensor, dict]:
+        c, bs = self.config, self.config.per_device_train_batch_size
+        batch = [self.rng.choice(self.pairs) for _ in range(bs)]
+        prompts = ["" if self.rng.random() < c.proportion_empty_prompts else x["prompt"] for x in batch]
+        mse, ref_mse = self.pair_mses(batch, prompts)
+        w = torch.tensor([x["margin"] for x in batch], device=mse.device) if c.margin_weight else None
         loss, stats = diffusion_dpo_loss(mse[:bs], mse[bs:], ref_mse[:bs], ref_mse[bs:], beta=c.beta, weight=w)
-        self.optimize(loss)
-        return {"loss/dpo": loss.item(), **{f"dpo/{k}": v for k, v in stats.items()}}
+        return loss, {"loss/dpo": loss.item(), **{f"dpo/{k}": v for k, v in stats.items()}}
+
+    @torch.no_grad()
+    def implicit_accuracy(self, pairs: Sequence[dict], *, draws: int = 8, seed: int = 0) -> float:
+        """Share of (held-out) pairs whose implicit reward prefers the labelled winner, averaged over
+        ``draws`` fixed (t, noise) draws per pair: the DPO check that does not reuse the training labels."""
+        g = torch.Generator().manual_seed(seed)
+        inside = torch.zeros(len(pairs))
+        for _ in range(draws):
+            mse, ref = self.pair_mses(pairs, [x["prompt"] for x in pairs], generator=g, sample_latents=False)
+            n = len(pairs)
+            inside += (-(mse[:n] - mse[n:]) + (ref[:n] - ref[n:])).float().cpu()
+        return float((inside > 0).float().mean())

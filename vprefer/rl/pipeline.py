@@ -86,10 +86,17 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return (x / 2 + 0.5).clamp(0, 1)
 
 
-def encode_images(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels in [0, 1] -> scaled latents (mean of the posterior: deterministic)."""
+def encode_images(pipe, pixels: torch.Tensor, *, sample: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pixels in [0, 1] -> scaled latents: a sample of the VAE posterior (what the reference training
+    scripts use) or its mean (deterministic)."""
     with torch.no_grad():
-        return pipe.vae.encode(pixels * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+        dist = pipe.vae.encode(pixels * 2 - 1).latent_dist
+        if sample:
+            lat = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
+        else:
+            lat = dist.mean
+        return lat * pipe.vae.config.scaling_factor
 
 
 def add_lora(unet, r: int, alpha: int, targets: Sequence[str], dropout: float = 0.0) -> None:

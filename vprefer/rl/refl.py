@@ -21,6 +21,7 @@ from PIL import Image
 
 from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, weighted_reward
 from vprefer.rl.losses import noise_mse, refl_loss
+from vprefer.rl.noising import noise_target, rollout_scheduler, sample_timesteps, training_scheduler
 from vprefer.rl.pipeline import decode, encode, encode_images, predict_noise
 
 
@@ -46,17 +47,16 @@ class ReFLTrainer(DiffusionTrainerBase):
         if not 0 <= config.t_lo <= config.t_hi < config.num_steps:
             raise ValueError(f"need 0 <= t_lo <= t_hi < num_steps, got {config.t_lo}, {config.t_hi}, {config.num_steps}")
         self.prompts, self.pretrain = list(prompts), list(pretrain_data)
-        from diffusers import DDIMScheduler
-
-        self.sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
-        self.train_sched = self.pipe.scheduler
-        self.rng = random.Random(config.seed)
+        self.sched = rollout_scheduler(self.pipe)  # deterministic DDIM chain, x0 never clipped
+        self.train_sched = training_scheduler(self.pipe)  # the regulariser's forward process (not the sampler)
+        self.rng = random.Random(config.seed + self.acc.process_index)
 
     def _latent_shape(self, n: int) -> tuple[int, ...]:
         s = self.config.resolution // self.pipe.vae_scale_factor
         return (n, self.pipe.unet.config.in_channels, s, s)
 
-    def step(self) -> dict:
+    def compute_loss(self) -> tuple[torch.Tensor, dict]:
+        """Rollout without grad to ts[mid], one UNet call with grad at ts[mid], x0 -> pixels -> reward."""
         c, bs = self.config, self.config.per_device_train_batch_size
         prompts = [self.rng.choice(self.prompts) for _ in range(bs)]
         g = c.train_guidance_scale
@@ -80,23 +80,21 @@ class ReFLTrainer(DiffusionTrainerBase):
             pre = self.pretrain_loss()
             loss = loss + c.pretrain_weight * pre
             m["loss/pretrain"] = pre.item()
-        self.optimize(loss)
         m["loss/total"] = loss.item()
-        return m
+        return loss, m
 
     def pretrain_loss(self) -> torch.Tensor:
         """Standard noise-prediction MSE on real (prompt, image) pairs: keeps the model on the data manifold."""
         c, bs = self.config, self.config.per_device_train_batch_size
         items = [self.rng.choice(self.pretrain) for _ in range(bs)]
         px = torch.stack([load_pixels(p, c.resolution) for _, p in items]).to(self.acc.device)
-        lat = encode_images(self.pipe, px)
+        lat = encode_images(self.pipe, px, sample=c.sample_latents)
         noise = torch.randn_like(lat)
-        t = torch.randint(0, self.train_sched.config.num_train_timesteps, (bs,), device=lat.device)
+        t = sample_timesteps(self.train_sched, bs, lat.device)
         noisy = self.train_sched.add_noise(lat, noise, t)
         cond = encode(self.pipe, [p for p, _ in items], cfg=False, size=c.resolution)
         pred = self.unet(noisy, t, **cond.kwargs()).sample
-        target = noise if self.train_sched.config.prediction_type == "epsilon" else self.train_sched.get_velocity(lat, noise, t)
-        return noise_mse(pred, target).mean()
+        return noise_mse(pred, noise_target(self.train_sched, lat, noise, t)).mean()
 
 
 def load_pixels(path: str | Path, resolution: int) -> torch.Tensor:
