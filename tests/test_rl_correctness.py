@@ -244,3 +244,17 @@ def test_shipped_recipes_load_with_reference_defaults(name, cls, tmp_path):
         assert c.sample_latents
         if cls is DiffusionDPOConfig:
             assert c.proportion_empty_prompts == 0.2 and getattr(c.lr_scheduler_type, "value", c.lr_scheduler_type) == "constant_with_warmup"
+
+
+def test_steps_run_with_a_half_precision_vae(tiny_sd, tmp_path):
+    """Found on a GPU at SD 1.5 size: a bf16 VAE (the usual frozen weight dtype) met fp32 latents and pixels."""
+    pipe = load_pipeline(str(tiny_sd))
+    pipe.vae.to(torch.bfloat16)
+    tr = ReFLTrainer(refl_cfg(tmp_path, tiny_sd), pipe=pipe, prompts=["a red car"], reward=RednessReward(),
+                     pretrain_data=[("a square", p["win"]) for p in colour_pairs(tmp_path / "i", 2, 0)])
+    loss, m = tr.compute_loss()
+    assert math.isfinite(loss.item()) and "loss/pretrain" in m
+    pipe = load_pipeline(str(tiny_sd))
+    pipe.vae.to(torch.bfloat16)
+    tr = DiffusionDPOTrainer(dpo_cfg(tmp_path, tiny_sd), pipe=pipe, pairs=colour_pairs(tmp_path / "i", 2, 0))
+    assert math.isfinite(tr.compute_loss()[0].item())

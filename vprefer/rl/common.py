@@ -137,6 +137,8 @@ class DiffusionTrainerBase:
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.params = [p for p in unet.parameters() if p.requires_grad]
+        for p in self.params:  # master weights in fp32 even when the pipeline was loaded in bf16/fp16
+            p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.unet, self.opt = self.acc.prepare(unet, self.opt)
         self.lr_sched = get_scheduler(config.lr_scheduler_type, self.opt,

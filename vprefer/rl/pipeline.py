@@ -82,7 +82,8 @@ def predict_noise(unet, latents: torch.Tensor, t, cond: Cond, guidance: float) -
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> pixels in [0, 1], differentiable."""
-    x = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    vae = pipe.vae  # often bf16/fp16 while the latents are fp32 (a frozen VAE in the weight dtype)
+    x = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
     return (x / 2 + 0.5).clamp(0, 1)
 
 
@@ -91,12 +92,12 @@ def encode_images(pipe, pixels: torch.Tensor, *, sample: bool = False,
     """Pixels in [0, 1] -> scaled latents: a sample of the VAE posterior (what the reference training
     scripts use) or its mean (deterministic)."""
     with torch.no_grad():
-        dist = pipe.vae.encode(pixels * 2 - 1).latent_dist
+        dist = pipe.vae.encode((pixels * 2 - 1).to(pipe.vae.dtype)).latent_dist
         if sample:
             lat = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
         else:
             lat = dist.mean
-        return lat * pipe.vae.config.scaling_factor
+        return lat.float() * pipe.vae.config.scaling_factor
 
 
 def add_lora(unet, r: int, alpha: int, targets: Sequence[str], dropout: float = 0.0) -> None:
