@@ -25,7 +25,7 @@ from vprefer.annotate.requests import chat_body, image_uris, plan
 from vprefer.annotate.rubric import Rubric
 from vprefer.ingest import ingest
 from vprefer.store import Run
-from vprefer.synthetic import write_dataset
+from vprefer.testing.synthetic import write_dataset
 
 
 def free_port() -> int:

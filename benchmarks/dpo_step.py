@@ -16,7 +16,7 @@ if __name__ == "__main__":
         from PIL import Image
 
         from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer
-        from vprefer.rl.pipeline import make_tiny_sd
+        from vprefer.testing.tiny_pipelines import make_tiny_sd
 
         with tempfile.TemporaryDirectory() as tmp:
             make_tiny_sd(f"{tmp}/sd")

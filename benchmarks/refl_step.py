@@ -16,8 +16,8 @@ if __name__ == "__main__":
         import tempfile
 
         from vprefer.rl import ReFLConfig, ReFLTrainer
-        from vprefer.rl.pipeline import make_tiny_sd
-        from vprefer.rl.toy import RednessReward
+        from vprefer.testing.tiny_pipelines import make_tiny_sd
+        from vprefer.testing.toy_rewards import RednessReward
 
         with tempfile.TemporaryDirectory() as tmp:
             make_tiny_sd(f"{tmp}/sd")

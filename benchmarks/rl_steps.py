@@ -19,7 +19,8 @@ VARIANTS = [("lora", True, False), ("lora+ckpt", True, True), ("full", False, Fa
 
 
 def build_pipe(arch: str, folder: Path):
-    from vprefer.rl.pipeline import load_pipeline, make_tiny_sd
+    from vprefer.diffusion import load_pipeline
+    from vprefer.testing.tiny_pipelines import make_tiny_sd
 
     if arch == "tiny":
         make_tiny_sd(folder)
@@ -27,7 +28,7 @@ def build_pipe(arch: str, folder: Path):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from vprefer.rl.pipeline import make_tiny_sd as _tok_source
+    from vprefer.testing.tiny_pipelines import make_tiny_sd as _tok_source
 
     _tok_source(folder / "tok")  # reuse its local tokenizer files
     from transformers import CLIPTokenizer
@@ -48,7 +49,7 @@ def build_pipe(arch: str, folder: Path):
 
 def run_variant(loop: str, arch: str, variant: str, steps: int) -> dict:
     from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer
-    from vprefer.rl.toy import RednessReward
+    from vprefer.testing.toy_rewards import RednessReward
 
     _, lora, ckpt = next(v for v in VARIANTS if v[0] == variant)
     res = 32 if arch == "tiny" else 512

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from vprefer.reward.model import VPScore, load_backbone
-from vprefer.reward.tiny import make_tiny_backbone
+from vprefer.testing.tiny_models import make_tiny_backbone
 
 ARCH = {"clip-mid": ("clip", dict(hidden=384, layers=6, image_size=224, patch=16, proj=256)),
         "clip-l": ("clip", dict(hidden=1024, layers=24, image_size=224, patch=14, proj=768)),

@@ -30,9 +30,9 @@ def one(variant: str, steps: int, batch: int, tmp: Path) -> dict:
 
     from vprefer.ingest import ingest
     from vprefer.reward.recipe import RewardRecipe
-    from vprefer.reward.tiny import make_tiny_backbone
+    from vprefer.testing.tiny_models import make_tiny_backbone
     from vprefer.reward.train import train_reward
-    from vprefer.synthetic import write_dataset, write_truth_pairs
+    from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
     v = VARIANTS[variant]
     ingest(write_dataset(tmp / "syn", 60, 4, size=64), tmp / "run")
@@ -80,7 +80,8 @@ def learning() -> None:
     from vprefer.reward.evaluate import evaluate_run
     from vprefer.reward.recipe import RewardRecipe
     from vprefer.reward.train import train_reward
-    from vprefer.synthetic import write_dataset, write_truth_pairs
+    from vprefer.testing.stand_ins import ensure_backbone
+    from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -89,6 +90,7 @@ def learning() -> None:
             write_truth_pairs(tmp / name)
         r = RewardRecipe.load("vp-score-tiny")
         r.backbone.name_or_path = str(tmp / "tiny")
+        ensure_backbone(r)
         r.training.val_fraction, r.training.logging_steps = 0.0, 10_000
         s = train_reward(r, [tmp / "train"], tmp / "m")
         rep = evaluate_run(VPScore.from_pretrained(tmp / "m"), tmp / "held", annotator="truth", n_boot=200)

@@ -5,13 +5,13 @@ import json
 import polars as pl
 import pytest
 
-from conftest import local_preset, server_stats
 from vprefer.annotate import annotate, build_pairs
 from vprefer.annotate.online import FatalAPIError
 from vprefer.annotate.requests import plan
 from vprefer.annotate.rubric import Rubric
 from vprefer.recipes import RecipeError
 from vprefer.store import Run
+from vprefer.testing.helpers import local_preset, server_stats
 
 N_SETS, N_IMG, N_ASPECTS = 6, 3, 4
 
@@ -137,6 +137,7 @@ def test_api_key_never_lands_in_the_run_directory(judge, synth_run, monkeypatch,
     judge.state.faults.api_key = key
     monkeypatch.setenv("VPREFER_JUDGE_KEY", key)
     from typer.testing import CliRunner
+
     from vprefer.cli import app
     r = CliRunner().invoke(app, ["annotate", str(synth_run), "--annotator", "local-judge",
                                  "--base-url", judge.base_url, "--mode", "batch"])

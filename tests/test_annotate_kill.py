@@ -9,10 +9,12 @@ import time
 
 import pytest
 
-from conftest import local_preset, server_stats
 from vprefer.annotate import annotate
 from vprefer.annotate.journal import read
 from vprefer.store import Run
+from vprefer.testing.helpers import local_preset, server_stats
+
+pytestmark = pytest.mark.slow  # kill -9 of subprocesses, then resume
 
 
 def _spawn(run, judge, *extra):

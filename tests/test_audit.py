@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import local_preset
 from vprefer.annotate import annotate
 from vprefer.audit import AuditError, pull, push, write_report
 from vprefer.audit.interfaces import committed
@@ -16,6 +15,9 @@ from vprefer.audit.labelstudio import connect, load_state, parse_result
 from vprefer.audit.metrics import alpha_all_raters, qw_kappa
 from vprefer.recipes import REPO
 from vprefer.store import Run
+from vprefer.testing.helpers import local_preset
+
+pytestmark = pytest.mark.slow  # a real Label Studio server and headless Chromium
 
 CREDS = {"VPREFER_LS_USERNAME": "admin@vprefer.test", "VPREFER_LS_PASSWORD": "audit-pass-123",
          "VPREFER_LS_TOKEN": "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"}
@@ -57,8 +59,8 @@ def test_committed_interfaces_match_the_generator():
 
 # ---------------------------------------------------------------------------- metrics by hand
 def test_metrics_against_reference_implementations():
-    from sklearn.metrics import cohen_kappa_score
     import krippendorff
+    from sklearn.metrics import cohen_kappa_score
 
     h, j = [1, 2, 3, 4, 5, 5, 2], [1, 3, 3, 4, 4, 5, 1]
     assert qw_kappa(h, j) == pytest.approx(cohen_kappa_score(h, j, weights="quadratic", labels=[1, 2, 3, 4, 5]))

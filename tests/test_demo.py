@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from vprefer.cli import app
+
+pytestmark = pytest.mark.slow  # the whole demo
 
 
 def test_demo_fast_writes_the_report_with_every_section(tmp_path):

@@ -3,9 +3,9 @@ import json
 import polars as pl
 import pytest
 
-from conftest import png_bytes, write_png
 from vprefer.exchange import FormatError, export_run, import_file
 from vprefer.store import Run
+from vprefer.testing.helpers import png_bytes, write_png
 
 
 def test_imagereward_test_set_counts_and_exact_round_trip(shared_data, tmp_path):

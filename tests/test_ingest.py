@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from conftest import png_bytes, write_png
 from vprefer.cli import app
 from vprefer.ingest import IngestError, ingest
 from vprefer.store import Run
+from vprefer.testing.helpers import png_bytes, write_png
 
 
 @pytest.fixture

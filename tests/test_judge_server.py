@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from conftest import png_bytes
+from vprefer.testing.helpers import png_bytes
 
 
 def client(judge):

@@ -13,7 +13,7 @@ import pytest
 
 from vprefer import schema
 from vprefer.audit.metrics import human_human, kappa_with_ci, qw_kappa
-from vprefer.reward.evaluate import kendall_per_prompt, pair_metrics
+from vprefer.metrics import kendall_per_prompt, pair_metrics
 
 
 def _pair(prompt, win, lose, tie=False):

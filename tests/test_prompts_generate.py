@@ -5,11 +5,12 @@ import json
 import polars as pl
 import pytest
 
-from conftest import local_preset, server_stats
 from vprefer.generate import GenerateRecipe, generate
 from vprefer.prompts import read_source, sample_prompts, upsample
 from vprefer.prompts.sources import SourceError
 from vprefer.store import Run
+from vprefer.testing.helpers import local_preset, server_stats
+from vprefer.testing.stand_ins import ensure_generators
 
 
 # ---------------------------------------------------------------------------- sources
@@ -103,6 +104,7 @@ def test_generate_resumes_without_regenerating(tmp_path, monkeypatch):
     sample_prompts(tmp_path / "p.txt", tmp_path / "run")
     recipe = GenerateRecipe.load("generators-tiny")
     recipe.batch_size = 2
+    ensure_generators(recipe)  # the CLI builds tiny stand-ins; the library never does
     made = []
 
     def crash_after_five(pid, gen, seed):

@@ -11,13 +11,15 @@ from typer.testing import CliRunner
 
 from vprefer import schema
 from vprefer.ingest import ingest
+from vprefer.metrics import pair_metrics
 from vprefer.recipes import RecipeError
 from vprefer.reward import VPScore, bradley_terry_loss
 from vprefer.reward.build import build
-from vprefer.reward.evaluate import evaluate_run, pair_metrics
+from vprefer.reward.evaluate import evaluate_run
 from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.train import train_reward
-from vprefer.synthetic import write_dataset, write_truth_pairs
+from vprefer.testing.stand_ins import ensure_backbone
+from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
 
 def make_run(folder, n, seed=0):
@@ -39,6 +41,7 @@ def recipe(tmp_path, **over) -> RewardRecipe:
     for k, v in over.items():
         obj, _, attr = k.rpartition("__")
         setattr(getattr(r, obj) if obj else r, attr, v)
+    ensure_backbone(r)
     return r
 
 
@@ -136,7 +139,7 @@ def test_score_pixels_matches_score_with_clip_normalisation(tmp_path):
     from transformers import CLIPImageProcessor
 
     from vprefer.reward.model import load_backbone
-    from vprefer.reward.tiny import make_tiny_backbone
+    from vprefer.testing.tiny_models import make_tiny_backbone
 
     bb, tok, _ = load_backbone("clip", str(make_tiny_backbone("clip", tmp_path / "clip", image_size=32)))
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
@@ -177,6 +180,7 @@ def test_four_bit_lora_path_on_cpu(world, tmp_path):
 def test_blip_cross_encoder_trains_and_reloads(world, tmp_path):
     r = recipe(tmp_path, backbone__kind="blip", backbone__tiny="blip", freeze_ratio=0.5)
     r.backbone.name_or_path = str(tmp_path.parent / "tiny-blip")
+    ensure_backbone(r)
     s = train_reward(r, [world], tmp_path / "b")
     assert s["steps"] == 3
     assert VPScore.from_pretrained(tmp_path / "b").kind == "blip"
@@ -213,6 +217,7 @@ def test_tie_rules_by_hand():
 
 
 # ---------------------------------------------------------------------------- learning check
+@pytest.mark.slow
 def test_learning_check_tiny_backbone_from_scratch(tmp_path):
     """Procedural world where the right answer depends on the prompt's colour: >= 90% held out."""
     train_run = make_run(tmp_path / "train", 300, seed=0)

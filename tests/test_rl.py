@@ -8,11 +8,21 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from vprefer.diffusion import load_pipeline
 from vprefer.recipes import RecipeError
-from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer, diffusion_dpo_loss, refl_loss
+from vprefer.rl import (
+    DiffusionDPOConfig,
+    DiffusionDPOTrainer,
+    ReFLConfig,
+    ReFLTrainer,
+    diffusion_dpo_loss,
+    refl_loss,
+)
 from vprefer.rl.common import config_from_yaml
-from vprefer.rl.pipeline import load_pipeline, make_tiny_sd
-from vprefer.rl.toy import RednessReward
+from vprefer.testing.tiny_pipelines import make_tiny_sd
+from vprefer.testing.toy_rewards import RednessReward
+
+pytestmark = pytest.mark.slow  # training loops on tiny pipelines
 
 EVAL = ["a red cube", "a blue ball", "a cat on a mat", "a tree"]
 
@@ -126,13 +136,15 @@ def test_cli_refl_dpo_sample_with_vp_score(tmp_path, monkeypatch):
     from vprefer.ingest import ingest
     from vprefer.reward.build import build
     from vprefer.reward.recipe import RewardRecipe
-    from vprefer.synthetic import write_dataset, write_truth_pairs
+    from vprefer.testing.stand_ins import ensure_backbone
+    from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
     monkeypatch.chdir(tmp_path)  # the tiny recipes build their pipeline under ./.cache
     ingest(write_dataset(tmp_path / "syn", 8, 3, size=32), tmp_path / "run")
     write_truth_pairs(tmp_path / "run")
     r = RewardRecipe.load("vp-score-tiny")
     r.backbone.name_or_path = str(tmp_path / "tiny-clip")
+    ensure_backbone(r)
     build(r).save_pretrained(tmp_path / "vps")  # an untrained VP-Score is still a differentiable reward
     (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
     run = CliRunner().invoke
@@ -154,7 +166,7 @@ def test_cli_refl_dpo_sample_with_vp_score(tmp_path, monkeypatch):
 def test_both_loops_run_on_sdxl_and_the_lora_loads(tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    from vprefer.rl.pipeline import make_tiny_sdxl
+    from vprefer.testing.tiny_pipelines import make_tiny_sdxl
 
     xl = make_tiny_sdxl(tmp_path / "xl")
     cfg = refl_cfg(tmp_path, xl, max_steps=2, train_guidance_scale=2.0, guidance_scale=2.0, eval_prompts=EVAL[:2],

@@ -13,11 +13,12 @@ from PIL import Image
 
 import vprefer.rl.dpo as dpo_mod
 import vprefer.rl.refl as refl_mod
+from vprefer.diffusion import encode_images, load_pipeline
 from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer
 from vprefer.rl.common import load_reward
 from vprefer.rl.noising import noise_target, rollout_scheduler, training_scheduler
-from vprefer.rl.pipeline import encode_images, load_pipeline, make_tiny_sd, make_tiny_sdxl
-from vprefer.rl.toy import RednessReward
+from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sdxl
+from vprefer.testing.toy_rewards import RednessReward
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,7 @@ def test_single_eval_prompt_has_no_nan(tiny_sd, tmp_path):
 
 
 # ---------------------------------------------------------------------------- Diffusion-DPO
+@pytest.mark.slow
 def test_dpo_learns_the_truth_on_held_out_pairs(tiny_sd, tmp_path):
     """Wrong version: winners and losers swapped. The training labels cannot see it; held-out pairs labelled
     by their redness (not by anything the trainer saw) can."""

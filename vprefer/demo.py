@@ -1,6 +1,6 @@
 """``vprefer demo``: the whole loop, offline, on CPU, with stand-in models and a stand-in judge.
 
-1. a synthetic prompt + image-set dataset with known truths (``vprefer.synthetic``), ingested;
+1. a synthetic prompt + image-set dataset with known truths (``vprefer.testing.synthetic``), ingested;
 2. the embedded judge server on 127.0.0.1, annotation through the real ``openai`` client path,
    with 2 permutations and a little injected trouble (429s, malformed answers, position bias);
 3. pairs; a tiny VP-Score trained on the judge's pairs and evaluated on a held-out world whose
@@ -23,14 +23,16 @@ from rich.console import Console
 from vprefer import report as rp
 from vprefer.annotate import AnnotatorPreset, annotate, build_pairs, position_bias, save_pairs
 from vprefer.annotate.pairs import judge_scores
-from vprefer.annotate.judge_server import Faults, JudgeServer
+from vprefer.testing.judge_server import Faults, JudgeServer
 from vprefer.ingest import ingest
 from vprefer.reward import VPScore
-from vprefer.reward.evaluate import evaluate_run, pair_metrics
+from vprefer.metrics import pair_metrics
+from vprefer.reward.evaluate import evaluate_run
 from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.train import train_reward
 from vprefer.store import Run
-from vprefer.synthetic import write_dataset, write_truth_pairs
+from vprefer.testing.stand_ins import ensure_backbone, ensure_pipeline
+from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
 STAND_IN_NOTE = (
     "<p class='note'><b>Stand-ins were used.</b> The judge is vprefer's embedded OpenAI-compatible server, "
@@ -91,6 +93,7 @@ def run_demo(out: str | Path, *, fast: bool = False, console: Console | None = N
     recipe.training.epochs, recipe.training.val_fraction = size.epochs, 0.1
     recipe.training.logging_steps, recipe.training.save_steps = 10_000, 10_000
     os.environ.setdefault("TQDM_DISABLE", "1")
+    ensure_backbone(recipe)
     train_reward(recipe, [out / "run"], out / "vp-score")
     rm = VPScore.from_pretrained(out / "vp-score")
     rm_eval = evaluate_run(rm, out / "heldout", annotator="truth", n_boot=300)
@@ -106,6 +109,7 @@ def run_demo(out: str | Path, *, fast: bool = False, console: Console | None = N
     from vprefer.rl.sample import before_after
 
     tiny_sd = str(cache / "tiny-sd")
+    ensure_pipeline(tiny_sd, True)
     prompts = run.read("prompts")["prompt"].to_list()
     eval_prompts = hrun.read("prompts")["prompt"].to_list()[:4]
     refl_cfg = config_from_yaml(ReFLConfig, "refl-tiny", output_dir=str(out / "refl"), pretrained=tiny_sd,

@@ -47,10 +47,11 @@ class GenerateRecipe(Recipe):
 
 
 def _pipeline(spec: GeneratorSpec, device: str):
-    from vprefer.rl.pipeline import load_pipeline
+    from vprefer.diffusion import load_pipeline, stand_in_must_exist
 
+    stand_in_must_exist(spec.pretrained, spec.create_tiny_if_missing)
     dtype = torch.float16 if device == "cuda" else None
-    pipe = load_pipeline(spec.pretrained, dtype=dtype, device=device, create_tiny_if_missing=spec.create_tiny_if_missing)
+    pipe = load_pipeline(spec.pretrained, dtype=dtype, device=device)
     if spec.scheduler:
         import diffusers
 

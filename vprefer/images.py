@@ -73,7 +73,7 @@ def jpeg_data_url(source: Path | bytes, max_side: int, quality: int = 90) -> str
     """Re-encode to an RGB JPEG whose longest side is at most ``max_side``, as a data URL.
 
     Why: four base64 PNGs can make a 5-10 MB request line; the judge sees the
-    image at the detail level's resolution anyway (REFERENCES.md, Annotation APIs).
+    image at the detail level's resolution anyway (docs/REFERENCES.md, Annotation APIs).
     """
     raw = source if isinstance(source, bytes) else Path(source).read_bytes()
     with Image.open(io.BytesIO(raw)) as im:

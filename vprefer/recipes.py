@@ -65,3 +65,31 @@ def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] 
             if (base / n).exists():
                 return base / n
     raise RecipeError(f"no such recipe {name_or_path!r} (looked for a path, then in ./{folder}/ and {REPO / folder}/)")
+
+
+def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):
+    """The one way a YAML file becomes a typed config, for both kinds of config the project has.
+
+    A pydantic ``Recipe`` validates itself; a trainer's ``...Config`` (a ``transformers.TrainingArguments``
+    dataclass) gets the same rules here: a mapping, no unknown keys, bad values named with the file.
+    Overrides (CLI flags) replace recipe keys; ``None`` means "not given".
+    """
+    import dataclasses
+
+    path = find_asset(name_or_path, folder)
+    if isinstance(cls, type) and issubclass(cls, Recipe):
+        return cls.from_yaml(path, **overrides)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of keys to values")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise RecipeError(f"{path}: unknown key(s) {unknown} for {cls.__name__}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{path}: invalid {cls.__name__}: {e}") from None

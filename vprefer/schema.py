@@ -1,4 +1,4 @@
-"""The run directory's tables, as explicit polars schemas (DESIGN.md, "Data contracts").
+"""The run directory's tables, as explicit polars schemas (docs/DESIGN.md, "Data contracts").
 
 Every table that crosses the run-directory boundary is checked here, so code
 inside the package can trust column names and dtypes instead of re-checking

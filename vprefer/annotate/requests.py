@@ -74,7 +74,7 @@ def plan(run: Run, preset: AnnotatorPreset, rubric: Rubric, *, limit: int | None
 
 
 def image_tokens(w: int, h: int, detail: str) -> int:
-    """GPT-4o-class vision token rule (REFERENCES.md): low = 85; high = 85 + 170 per 512-px tile
+    """GPT-4o-class vision token rule (docs/REFERENCES.md): low = 85; high = 85 + 170 per 512-px tile
     after fitting into 2048x2048 and scaling the short side down to 768. 'auto' is costed as high."""
     if detail == "low":
         return 85

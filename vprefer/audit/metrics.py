@@ -13,7 +13,7 @@ from sklearn.metrics import cohen_kappa_score
 from vprefer import schema
 from vprefer.annotate.pairs import judge_scores
 from vprefer.rankings import ranking_pairs
-from vprefer.reward.evaluate import kendall_per_prompt, pair_metrics
+from vprefer.metrics import kendall_per_prompt, pair_metrics
 
 
 def qw_kappa(a, b, scale_max: int = 5) -> float:

@@ -134,7 +134,7 @@ def judge_server(
     seed: int = typer.Option(0),
 ) -> None:
     """Start the embedded stand-in judge: an OpenAI-compatible server scoring by pixel statistics (offline demos/tests)."""
-    from vprefer.annotate.judge_server import Faults, JudgeServer
+    from vprefer.testing.judge_server import Faults, JudgeServer
 
     srv = JudgeServer("127.0.0.1", port, Faults(latency_s=latency, rate_429=rate_429, rate_500=rate_500,
                                                   malformed_rate=malformed, stall_rate=stall, stall_s=stall_s,

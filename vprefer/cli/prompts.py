@@ -70,5 +70,9 @@ def generate(
     """Generate image sets with several diffusers pipelines. Resumable; `accelerate launch -m vprefer generate` splits prompts across GPUs."""
     from vprefer.generate import GenerateRecipe, generate as gen
 
-    c = gen(run_dir, GenerateRecipe.load(recipe), limit=limit)
+    from vprefer.testing.stand_ins import ensure_generators
+
+    rec = GenerateRecipe.load(recipe)
+    ensure_generators(rec)
+    c = gen(run_dir, rec, limit=limit)
     out.print(f"generated {c['generated']:,} images, skipped {c['skipped']:,} already present")

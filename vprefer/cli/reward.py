@@ -30,7 +30,10 @@ def train_reward(
     from vprefer.reward.recipe import RewardRecipe
     from vprefer.reward.train import train_reward as train_api
 
+    from vprefer.testing.stand_ins import ensure_backbone
+
     r = RewardRecipe.load(recipe)
+    ensure_backbone(r)
     s = train_api(r, [d.strip() for d in data.split(",")], out_dir, resume=resume)
     out.print(f"trained {r.name}: {s['train_pairs']:,} train pairs ({s['train_prompts']} prompts), "
               f"{s['val_pairs']:,} validation pairs, {s['steps']} steps, loss {s['train_loss']:.4f}")

@@ -62,6 +62,9 @@ def refl_cmd(
     from vprefer.rl.refl import run_images
 
     cfg = config_from_yaml(ReFLConfig, recipe, output_dir=str(out_dir), max_steps=max_steps)
+    from vprefer.testing.stand_ins import ensure_pipeline
+
+    ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
     tr = ReFLTrainer(cfg, prompts=read_prompts(prompts), reward=reward, holdout_reward=holdout_reward,
                      pretrain_data=run_images(pretrain_data) if pretrain_data else ())
     _report(tr.train(resume=resume), out_dir)
@@ -86,6 +89,9 @@ def dpo_cmd(
     from vprefer.rl.dpo import dpo_pairs
 
     cfg = config_from_yaml(DiffusionDPOConfig, recipe, output_dir=str(out_dir), max_steps=max_steps, aspect=aspect)
+    from vprefer.testing.stand_ins import ensure_pipeline
+
+    ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = data
         if data.suffix == ".parquet":

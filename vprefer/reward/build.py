@@ -10,7 +10,6 @@ import torch
 from vprefer.recipes import RecipeError
 from vprefer.reward.model import VPScore, load_backbone
 from vprefer.reward.recipe import RewardRecipe
-from vprefer.reward.tiny import make_tiny_backbone
 
 _LAYER = re.compile(r"^(.*?\.(?:layers?|encoder\.layer))\.(\d+)\.")
 
@@ -33,8 +32,10 @@ def freeze_lower(backbone: torch.nn.Module, ratio: float) -> int:
 
 def build(recipe: RewardRecipe) -> VPScore:
     bb = recipe.backbone
-    if bb.tiny and not Path(bb.name_or_path).exists():
-        make_tiny_backbone(bb.tiny, bb.name_or_path)
+    if bb.tiny and not Path(bb.name_or_path).exists():  # stand-ins are built by the CLI/demo, not the library
+        raise RecipeError(f"recipe {recipe.name}: {bb.name_or_path} is a tiny stand-in backbone that does not exist "
+                          f"yet: build it with vprefer.testing.tiny_models.make_tiny_backbone({bb.tiny!r}, "
+                          f"{bb.name_or_path!r}) (the CLI does this for you)")
     if recipe.quantization != "none" and not recipe.lora.enabled:
         raise RecipeError(f"recipe {recipe.name}: a {recipe.quantization} backbone can only be trained with LoRA "
                           "(set lora.enabled: true)")

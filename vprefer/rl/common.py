@@ -9,9 +9,7 @@ bf16/fp16, gradient checkpointing, logging/save steps, seed) plus a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,13 +18,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import yaml
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import TrainingArguments, get_scheduler
 
-from vprefer.recipes import RecipeError, find_asset
-from vprefer.rl.pipeline import add_lora, load_pipeline, save_lora
+from vprefer.recipes import RecipeError, load_config
+from vprefer.diffusion import add_lora, grid, load_pipeline, save_lora, stand_in_must_exist
 
 
 @dataclass
@@ -49,26 +45,13 @@ class DiffusionTrainingConfig(TrainingArguments):
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name; the "
                                                                          "reference ReFL/DPO scripts use constant "
                                                                          "(with warmup for DPO)"})
-    create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: build a tiny random "
-                                                                          "pipeline at `pretrained` if absent"})
+    create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: `pretrained` is a tiny "
+                                                                          "random stand-in the CLI builds if absent"})
 
 
 def config_from_yaml(cls, path: str | Path, **overrides):
-    """Recipe YAML (a path, or a name in ./rl/ or the repository's rl/) -> Config; unknown keys are errors."""
-    path = find_asset(path, "rl")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from None
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RecipeError(f"{path}: unknown key(s) {unknown} for {cls.__name__}")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{path}: invalid {cls.__name__}: {e}") from None
+    """Recipe YAML (a path, or a name in ./rl/ or the repository's rl/) -> Config (``vprefer.recipes.load_config``)."""
+    return load_config(cls, path, "rl", **overrides)
 
 
 def load_reward(spec) -> object | None:
@@ -95,17 +78,6 @@ def weighted_reward(reward, prompts: Sequence[str], pixels: torch.Tensor, weight
     return (r * w).sum(1) / w.abs().sum()
 
 
-def grid(images: torch.Tensor, cols: int) -> Image.Image:
-    """(B, 3, H, W) in [0, 1] -> one PIL image."""
-    b, _, h, w = images.shape
-    rows = math.ceil(b / cols)
-    canvas = torch.ones(3, rows * h, cols * w)
-    for i in range(b):
-        r, c = divmod(i, cols)
-        canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i].float().cpu()
-    return Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-
-
 class DiffusionTrainerBase:
     config: DiffusionTrainingConfig
 
@@ -123,8 +95,9 @@ class DiffusionTrainerBase:
                                project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")))
         random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.pipe = pipe if pipe is not None else load_pipeline(
-            config.pretrained, create_tiny_if_missing=config.create_tiny_if_missing)
+        if pipe is None:
+            stand_in_must_exist(config.pretrained, config.create_tiny_if_missing)
+        self.pipe = pipe if pipe is not None else load_pipeline(config.pretrained)
         self.pipe.to(self.acc.device)
         for m in ("vae", "text_encoder", "text_encoder_2"):
             if getattr(self.pipe, m, None) is not None:

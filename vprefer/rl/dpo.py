@@ -23,8 +23,7 @@ import torch
 from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig
 from vprefer.rl.losses import diffusion_dpo_loss, noise_mse
 from vprefer.rl.noising import noise_target, sample_timesteps, training_scheduler
-from vprefer.rl.pipeline import encode, encode_images
-from vprefer.rl.refl import load_pixels
+from vprefer.diffusion import encode, encode_images, load_pixels
 from vprefer.store import Run
 
 

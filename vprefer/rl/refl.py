@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, weighted_reward
 from vprefer.rl.losses import noise_mse, refl_loss
 from vprefer.rl.noising import noise_target, rollout_scheduler, sample_timesteps, training_scheduler
-from vprefer.rl.pipeline import decode, encode, encode_images, predict_noise
+from vprefer.diffusion import decode, encode, encode_images, load_pixels, predict_noise
 
 
 @dataclass
@@ -95,15 +92,6 @@ class ReFLTrainer(DiffusionTrainerBase):
         cond = encode(self.pipe, [p for p, _ in items], cfg=False, size=c.resolution)
         pred = self.unet(noisy, t, **cond.kwargs()).sample
         return noise_mse(pred, noise_target(self.train_sched, lat, noise, t)).mean()
-
-
-def load_pixels(path: str | Path, resolution: int) -> torch.Tensor:
-    """(3, R, R) in [0, 1]: centre-cropped square, resized."""
-    im = Image.open(path).convert("RGB")
-    s = min(im.size)
-    left, top = (im.width - s) // 2, (im.height - s) // 2
-    im = im.crop((left, top, left + s, top + s)).resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
 def run_images(run_dir, limit: int | None = None) -> list[tuple[str, str]]:

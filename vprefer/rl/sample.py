@@ -8,8 +8,7 @@ from typing import Sequence
 
 import torch
 
-from vprefer.rl.common import grid
-from vprefer.rl.pipeline import load_pipeline
+from vprefer.diffusion import grid, load_pipeline
 
 
 @torch.no_grad()

@@ -36,8 +36,17 @@ def make_tiny_backbone(kind: str, out: str | Path, *, hidden: int = 64, layers: 
                        patch: int = 4, proj: int = 32) -> Path:
     """Write a tiny random backbone of ``kind`` ('clip', 'siglip', 'blip', or 'clip-mid') to ``out``."""
     import torch
-    from transformers import (BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor, CLIPConfig, CLIPImageProcessor,
-                              CLIPModel, SiglipConfig, SiglipImageProcessor, SiglipModel)
+    from transformers import (
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (240, 220, 40),
-           "purple": (130, 40, 170), "orange": (245, 140, 20)}
+from vprefer.testing.colours import PALETTE
+
+COLOURS = {c: PALETTE[c] for c in ("red", "green", "blue", "yellow", "purple", "orange")}
 SHAPES = ("circle", "square", "triangle")
 
 

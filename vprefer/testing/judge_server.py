@@ -4,7 +4,7 @@ It speaks the parts of the protocol vprefer uses — ``POST /v1/chat/completions
 (image inputs, ``response_format``, ``store``/``metadata``), ``GET
 /v1/chat/completions?metadata[k]=v`` (stored completions), ``/v1/files`` and
 ``/v1/batches`` — and scores images by the pixel statistics documented in
-:mod:`vprefer.annotate.judge_scoring`. It says so in every rationale.
+:mod:`vprefer.testing.judge_scoring`. It says so in every rationale.
 
 Fault injection (all seeded, all switchable at runtime through ``POST /_config``):
 latency, 429 with ``Retry-After``, 500, malformed answers, stalls longer than the
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from vprefer.annotate.judge_scoring import judge
 from vprefer.images import BadImage, decode_data_url
 from vprefer.schema import ASPECTS
+from vprefer.testing.judge_scoring import judge
 
 
 @dataclass

@@ -23,12 +23,9 @@ import re
 import numpy as np
 from PIL import Image
 
-COLOURS = {
-    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (240, 220, 40),
-    "orange": (245, 140, 20), "purple": (130, 40, 170), "pink": (245, 150, 190), "white": (245, 245, 245),
-    "black": (15, 15, 15), "gray": (128, 128, 128), "grey": (128, 128, 128), "brown": (120, 70, 30),
-    "cyan": (40, 210, 220),
-}
+from vprefer.testing.colours import PALETTE
+
+COLOURS = PALETTE
 _PROTO = np.array(list(COLOURS.values()), dtype=np.float32)
 _NAMES = list(COLOURS)
 HARMFUL = ("blood", "gore", "weapon", "gun", "corpse", "violence")
@@ -76,7 +73,7 @@ def aspect_values(prompt: str, im: Image.Image) -> tuple[dict[str, float], str]:
 
 def judge(prompt: str, images: list[Image.Image], aspects: list[str], lo: int, hi: int,
           position_bias: float = 0.0, with_ranking: bool = True) -> dict:
-    """A v1 answer (DESIGN.md, Judge protocol) for the images in the order shown."""
+    """A v1 answer (docs/DESIGN.md, Judge protocol) for the images in the order shown."""
     items, cont = [], {}
     for pos, im in enumerate(images, 1):
         values, why = aspect_values(prompt, im)

@@ -1,0 +1,34 @@
+"""Build the tiny stand-in models a *tiny* recipe names, where they are missing.
+
+Recipes for tests and the demo point at folders under ``.cache/`` and mark them
+as stand-ins (``tiny:`` for a VP-Score backbone, ``create_tiny_if_missing`` for a
+diffusers pipeline). The library itself never builds them (production code does
+not import ``vprefer.testing``); the CLI and the demo call these first, so
+``vprefer rl refl --recipe rl/refl-tiny.yaml`` works on a fresh clone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def ensure_pipeline(path: str, is_stand_in: bool) -> None:
+    if is_stand_in and not Path(path).exists():
+        from vprefer.testing.tiny_pipelines import make_tiny_sd
+
+        make_tiny_sd(path)
+
+
+def ensure_backbone(recipe) -> None:
+    """``recipe``: a RewardRecipe whose backbone may be a tiny stand-in."""
+    bb = recipe.backbone
+    if bb.tiny and not Path(bb.name_or_path).exists():
+        from vprefer.testing.tiny_models import make_tiny_backbone
+
+        make_tiny_backbone(bb.tiny, bb.name_or_path)
+
+
+def ensure_generators(recipe) -> None:
+    """``recipe``: a GenerateRecipe whose generators may be tiny stand-ins."""
+    for g in recipe.generators:
+        ensure_pipeline(g.pretrained, g.create_tiny_if_missing)

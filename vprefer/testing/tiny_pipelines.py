@@ -1,0 +1,77 @@
+"""Tiny diffusers pipelines built from configs (random weights, local char-level tokenizer): stand-ins for
+SD 1.5 and SDXL in tests, the demo and CPU benchmarks. Production code never imports this."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def _tiny_parts(out: Path, sample_size: int, seed: int):
+    """Char-level CLIP tokenizer written from local files, a tiny text config and a tiny-VAE factory."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tdir = out / "_tok"
+    tdir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789,.-'":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (tdir / "vocab.json").write_text(json.dumps(vocab))
+    (tdir / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(tdir / "vocab.json"), str(tdir / "merges.txt"), model_max_length=48)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=48, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+    def vae():  # built last, after the text encoder(s) and UNet: the random-init order is part of the fixture
+        return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), latent_channels=4,
+                             norm_num_groups=8, sample_size=sample_size * 2)
+
+    return tok, text, vae
+
+
+_UNET = dict(in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+             attention_head_dim=8, norm_num_groups=8)
+
+
+def make_tiny_sd(out: str | Path, *, sample_size: int = 16, seed: int = 0) -> Path:
+    """A tiny SD-1.5-architecture pipeline from configs (random weights) with a char-level CLIP tokenizer
+    written from local files: for tests, the demo and CPU benchmarks. Images are 2x the latent size."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = Path(out)
+    tok, text, vae = _tiny_parts(out, sample_size, seed)
+    te = CLIPTextModel(CLIPTextConfig(**text))
+    unet = UNet2DConditionModel(sample_size=sample_size, cross_attention_dim=32, **_UNET)
+    sch = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    StableDiffusionPipeline(unet=unet, vae=vae(), text_encoder=te, tokenizer=tok,
+                            scheduler=sch, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(out)
+    return out
+
+
+def make_tiny_sdxl(out: str | Path, *, sample_size: int = 16, seed: int = 0) -> Path:
+    """The same for the SDXL architecture: two text encoders and the text_time added conditioning."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    out = Path(out)
+    tok, text, vae = _tiny_parts(out, sample_size, seed)
+    te, te2 = CLIPTextModel(CLIPTextConfig(**text)), CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32))
+    unet = UNet2DConditionModel(sample_size=sample_size, cross_attention_dim=64, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, **_UNET)
+    sch = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    StableDiffusionXLPipeline(unet=unet, vae=vae(), text_encoder=te, text_encoder_2=te2,
+                              tokenizer=tok, tokenizer_2=tok, scheduler=sch).save_pretrained(out)
+    return out
