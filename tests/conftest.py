@@ -34,3 +34,18 @@ def synth_run(tmp_path):
     manifest = write_dataset(tmp_path / "syn", 6, 3)
     ingest(manifest, tmp_path / "run")
     return tmp_path / "run"
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, so it gives the same result alone, in any order and in
+    the suite (model initialisation, data order and sampling all draw from these generators)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield

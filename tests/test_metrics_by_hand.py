@@ -44,6 +44,7 @@ def test_tie_rules_with_ties_on_both_sides():
     assert row["acc_skip_ties"] == pytest.approx((1 + 0 + 0 + 1) / 4)
     # 0.5 for a tie both sides agree on would give 4/7; 0 for a predicted tie on a decided pair 4.5/7
     assert row["acc_ties_half"] == pytest.approx((1 + 0.5 + 1 + 0 + 1 + 0.5 + 1) / 7)
+    assert row["pred_tie_share"] == pytest.approx(1 / 4)  # of the 4 decided pairs, a-c is a predicted tie
 
 
 def test_pair_accuracy_ci_is_fixed_by_the_seed():

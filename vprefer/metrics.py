@@ -54,7 +54,9 @@ def pair_metrics(pairs: pl.DataFrame, scores: pl.DataFrame, *, n_boot: int = 100
                     "prompts": g["prompt_id"].n_unique(),
                     "acc_skip_ties": float(dec["skip"].mean()) if dec.height else float("nan"),
                     "ci_skip_lo": lo_s, "ci_skip_hi": hi_s,
-                    "acc_ties_half": float(g["half"].mean()), "ci_half_lo": lo_h, "ci_half_hi": hi_h})
+                    "acc_ties_half": float(g["half"].mean()), "ci_half_lo": lo_h, "ci_half_hi": hi_h,
+                    # a model with coarse (e.g. integer) scores ties often, and skip_ties counts each such tie wrong
+                    "pred_tie_share": float((dec["d"].abs() < EPS).mean()) if dec.height else float("nan")})
     return pl.DataFrame(out).sort("aspect") if out else pl.DataFrame()
 
 

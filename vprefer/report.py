@@ -35,16 +35,19 @@ def plot_annotation_counts(ann: pl.DataFrame, path: Path) -> Path:
 
 def plot_position_bias(bias: pl.DataFrame, path: Path) -> Path:
     aspects = bias["aspect"].unique().sort().to_list()
+    positions = sorted(bias["shown_position"].unique().to_list())
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.8 / max(1, len(aspects))
     for k, a in enumerate(aspects):
         b = bias.filter(pl.col("aspect") == a)
-        ax.bar([p + k * width for p in b["shown_position"].to_list()], b["bias"].to_list(), width, label=a)
+        xs = [p - 0.4 + (k + 0.5) * width for p in b["shown_position"].to_list()]  # groups centred on the position
+        ax.bar(xs, b["bias"].to_list(), width, label=a)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel("shown position")
-    ax.set_ylabel("mean score - overall mean")
-    ax.set_title("position bias")
-    ax.legend(fontsize=7)
+    ax.set_xticks(positions, [str(p) for p in positions])  # shown_position is 1-based
+    ax.set_xlabel("position the image was shown in (1 = first)")
+    ax.set_ylabel("mean score − overall mean")
+    ax.set_title("position bias of the judge")
+    ax.legend(fontsize=7, ncol=2)
     return save_fig(fig, path)
 
 
@@ -63,17 +66,26 @@ def plot_accuracy(rows: Sequence[dict], path: Path, title: str) -> Path:
     return save_fig(fig, path)
 
 
-def plot_curves(metrics_files: dict[str, Path], key_prefix: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for label, f in metrics_files.items():
+def plot_curves(metrics_files: dict[str, Path], key_prefix: str, path: Path, *, ylabel: str, title: str,
+                relative: bool = False) -> Path:
+    """One panel per run (legend once, short labels): keys under ``key_prefix`` against optimizer updates;
+    ``relative`` plots the change since the first value, so small movements are visible."""
+    fig, axes = plt.subplots(1, len(metrics_files), figsize=(4.2 * len(metrics_files), 3), sharey=True, squeeze=False)
+    for ax, (label, f) in zip(axes[0], metrics_files.items()):
         rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
         for key in sorted({k for r in rows for k in r if k.startswith(key_prefix)}):
             pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts and relative:
+                pts = [(x, y - pts[0][1]) for x, y in pts]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=f"{label}: {key}")
-    ax.set_xlabel("step")
-    ax.set_title("during fine-tuning")
-    ax.legend(fontsize=6)
+                ax.plot(*zip(*pts), marker="o", ms=3, label=key[len(key_prefix):].strip("/") or key)
+        ax.set_xlabel("optimizer update")
+        ax.set_title(f"{label}: {title}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if len(labels) > 1:
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="best")
     return save_fig(fig, path)
 
 

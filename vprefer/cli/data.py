@@ -118,5 +118,5 @@ def demo(
     """The whole loop offline on CPU with stand-ins: synthetic images -> judge -> pairs -> VP-Score -> ReFL/DPO -> report."""
     from vprefer.demo import run_demo
 
-    path = run_demo(out_dir, fast=fast, console=console)
-    out.print(f"report: {path}")
+    res = run_demo(out_dir, fast=fast, console=console)
+    out.print(res.summary, soft_wrap=True, highlight=False)

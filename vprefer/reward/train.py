@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +30,8 @@ def training_config(recipe: RewardRecipe, out: Path, has_val: bool) -> VPScoreCo
         lr_scheduler_type=t.lr_scheduler, bf16=t.bf16 and cuda, use_cpu=not cuda, seed=t.seed,
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, report_to=["tensorboard"],
         eval_strategy="steps" if has_val and t.eval_steps else "no", eval_steps=t.eval_steps,
-        remove_unused_columns=False, dataloader_num_workers=t.num_workers, disable_tqdm=False,
+        remove_unused_columns=False, dataloader_num_workers=t.num_workers,
+        disable_tqdm=os.environ.get("TQDM_DISABLE", "") in ("1", "true", "True"),  # tqdm's own switch, honoured
         tie_mode=recipe.loss.ties, use_pair_weights=recipe.loss.use_pair_weights,
         aspect_weights=recipe.loss.aspect_weights)
 
