@@ -15,7 +15,7 @@ def test_demo_fast_writes_the_report_with_every_section(tmp_path):
     assert res.exit_code == 0, res.output
     html = (tmp_path / "demo" / "report.html").read_text()
     for section in ("What this is", "Annotation", "Position bias", "Reward model accuracy", "Judge vs truth",
-                    "Fine-tuning", "Before / after"):
+                    "Fine-tuning", "Before / after", "Prompt optimisation (GRPO)"):
         assert f"<h2>{section}</h2>" in html, section
     assert "Stand-ins were used" in html and "vllm-qwen2-vl" in html
     for src in re.findall(r"<img src='([^']+)'", html):

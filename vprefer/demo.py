@@ -48,7 +48,7 @@ from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.train import train_reward
 from vprefer.store import Run
 from vprefer.testing.judge_server import Faults, JudgeServer
-from vprefer.testing.stand_ins import ensure_backbone, ensure_pipeline
+from vprefer.testing.stand_ins import ensure_backbone, ensure_causal_lm, ensure_pipeline
 from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
 
@@ -109,12 +109,12 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
     def phase(msg: str):
         console.print(f"[bold cyan]▶[/] {msg}  [dim]({time.monotonic() - t0:.0f}s)[/]", soft_wrap=True)
 
-    phase(f"1/6 synthetic dataset: {size.prompts} prompts x 4 images (+ {size.heldout} held-out prompts)")
+    phase(f"1/7 synthetic dataset: {size.prompts} prompts x 4 images (+ {size.heldout} held-out prompts)")
     ingest(write_dataset(out / "data" / "train", size.prompts, 4, size=32, seed=0), out / "run")
     ingest(write_dataset(out / "data" / "heldout", size.heldout, 4, size=32, seed=11), out / "heldout")
     write_truth_pairs(out / "heldout")
 
-    phase("2/6 annotating with the stand-in judge (embedded server scoring pixel statistics; real HTTP through "
+    phase("2/7 annotating with the stand-in judge (embedded server scoring pixel statistics; real HTTP through "
           "the openai client, 2 orders per set, injected 429s)")
     srv = JudgeServer(faults=Faults(latency_s=0.02, rate_429=0.05, malformed_rate=0.03, position_bias=0.4,
                                     retry_after_s=0.05, seed=1)).start()
@@ -125,11 +125,11 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
     finally:
         srv.stop()
     run = Run(out / "run")
-    phase(f"3/6 pairs: {ann.ok} answers ok, {ann.invalid} invalid (kept, never scored), ${ann.cost_usd:.4f} priced")
+    phase(f"3/7 pairs: {ann.ok} answers ok, {ann.invalid} invalid (kept, never scored), ${ann.cost_usd:.4f} priced")
     rk, pairs = build_pairs(run)
     save_pairs(run, rk, pairs)
 
-    phase("4/6 training a tiny stand-in VP-Score on the judge's pairs")
+    phase("4/7 training a tiny stand-in VP-Score on the judge's pairs")
     recipe = RewardRecipe.load("vp-score-tiny")
     recipe.backbone.name_or_path = str(cache / "tiny-clip")
     recipe.training.epochs, recipe.training.val_fraction = size.epochs, 0.1
@@ -142,7 +142,7 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
     truth_pairs = hrun.read("pairs").filter(pl.col("annotator") == "truth")
     judge_eval = judge_vs_truth(hrun, truth_pairs)
 
-    phase("5/6 fine-tuning a tiny generator: ReFL against VP-Score, then Diffusion-DPO on the judge's pairs")
+    phase("5/7 fine-tuning a tiny generator: ReFL against VP-Score, then Diffusion-DPO on the judge's pairs")
     from vprefer.rl import (
         DiffusionDPOConfig,
         DiffusionDPOTrainer,
@@ -169,7 +169,17 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
     grids = {name: before_after(out / name, eval_prompts, out / f"{name}-samples", steps=10, guidance=1.0)
              for name in ("refl", "dpo")}
 
-    phase("6/6 writing the report")
+    phase("6/7 prompt optimisation: a tiny stand-in rewriter trained with TRL's GRPO against VP-Score")
+    from vprefer.recipes import load_config
+    from vprefer.rl.prompt_opt import PromptOptConfig, PromptOptTrainer
+
+    ensure_causal_lm(str(cache / "tiny-lm"), True)
+    po_cfg = load_config(PromptOptConfig, "grpo-prompts-tiny", "rl", output_dir=str(out / "rewriter"),
+                         max_steps=size.rl_steps, eval_prompts=eval_prompts, disable_tqdm=True)
+    po_cfg.policy, po_cfg.generator["pretrained"] = str(cache / "tiny-lm"), tiny_sd
+    po = PromptOptTrainer(po_cfg, prompts=prompts[:32], reward=rm).train()
+
+    phase("7/7 writing the report")
     elapsed = time.monotonic() - t0
     rm_rows, dropped = decided(rm_eval["aspects"])
     judge_rows, _ = decided(judge_eval)
@@ -177,7 +187,8 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
                           judge_rows, dropped, rl={n: before_after_reward(out / n.lower() / "metrics.jsonl")
                                                     for n in ("ReFL", "DPO")},
                           dpo_final_acc=last_value(out / "dpo" / "metrics.jsonl", "dpo/implicit_acc"),
-                          rl_steps=size.rl_steps, pixel_change={n: g["changed"] for n, g in grids.items()})
+                          rl_steps=size.rl_steps, pixel_change={n: g["changed"] for n, g in grids.items()},
+                          prompt_opt=po)
     figs = _figures(out, run, rm_rows, judge_rows)
     path = write_report(out, numbers, figs, grids, eval_prompts, elapsed, fast)
     return DemoResult(path, summary(numbers, out, elapsed))

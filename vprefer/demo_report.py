@@ -6,6 +6,7 @@ numbers it quotes live in one place; the terminal summary reuses them.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class DemoNumbers:
     dpo_final_acc: float | None = None
     rl_steps: int = 0
     pixel_change: dict[str, float] = field(default_factory=dict)
+    prompt_opt: dict = field(default_factory=dict)
 
 
 def _acc_line(rows: list[dict]) -> str:
@@ -81,6 +83,10 @@ def summary(n: DemoNumbers, out: Path, elapsed: float) -> str:
     for name, ba in n.rl.items():
         if ba:
             lines.append(f"  {name}: VP-Score (overall) on held-out prompts {ba[0]:+.3f} -> {ba[1]:+.3f}")
+    po = n.prompt_opt
+    if "after/reward" in po:
+        lines.append(f"  GRPO rewriter: held-out reward original prompt {po['eval/original']:+.3f}, rewriter "
+                     f"{po['before/reward']:+.3f} -> {po['after/reward']:+.3f}")
     lines += [f"  report: {out / 'report.html'}",
               f"  runs:   vprefer info {out / 'run'}   (held-out world: {out / 'heldout'})"]
     return "\n".join(lines)
@@ -135,4 +141,21 @@ def write(out: Path, n: DemoNumbers, figs: dict[str, Path], grids: dict, prompts
          + rp.img(figs["judge"], out, "judge accuracy") + rp.table_html(n.judge_rows, COLS)),
         ("Fine-tuning", ft + rp.img(figs["curves"], out, "reward curves") + rp.img(figs["dpo"], out, "DPO implicit accuracy")),
         ("Before / after", grid_html),
+        ("Prompt optimisation (GRPO)", _prompt_opt_html(n.prompt_opt, n.rl_steps)),
     ])
+
+
+def _prompt_opt_html(po: dict, steps: int) -> str:
+    if "after/reward" not in po:
+        return "<p>Not run.</p>"
+    rows = [{"prompts": "original prompt", "reward": po["eval/original"]},
+            {"prompts": "rewriter before GRPO", "reward": po["before/reward"]},
+            {"prompts": f"rewriter after {steps} GRPO steps", "reward": po["after/reward"]}]
+    ex = "".join(f"<li>“{html.escape(o)}” → “{html.escape(r[:120])}”</li>" for o, r in po["after/examples"][:3])
+    return ("<p>A tiny character-level causal LM (LoRA) learned with TRL's <code>GRPOTrainer</code> to rewrite "
+            "prompts for the tiny generator; the reward of a rewrite is the demo's VP-Score of the images made from "
+            "it, with prompt-following scored against the <i>original</i> prompt so a rewrite cannot drift. The "
+            "table is the mean reward on the held-out prompts (greedy rewrites). A random tiny LM writes "
+            "gibberish: this shows the loop running and the reward it optimises, not useful rewrites; with "
+            "<code>rl/grpo-prompts-qwen0.5b-sd15.yaml</code> the same loop trains a real rewriter.</p>"
+            + rp.table_html(rows, ["prompts", "reward"]) + f"<p>Examples after training:</p><ul>{ex}</ul>")

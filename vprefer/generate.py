@@ -46,7 +46,8 @@ class GenerateRecipe(Recipe):
         return cls.from_yaml(find_asset(name_or_path, "rl"))
 
 
-def _pipeline(spec: GeneratorSpec, device: str):
+def load_generator(spec: GeneratorSpec, device: str):
+    """The diffusers pipeline a generator spec names, with its scheduler (fp16 on a GPU)."""
     from vprefer.diffusion import load_pipeline, stand_in_must_exist
 
     stand_in_must_exist(spec.pretrained, spec.create_tiny_if_missing)
@@ -83,7 +84,7 @@ def generate(run_dir, recipe: GenerateRecipe, *, limit: int | None = None,
             counts["skipped"] += len(mine) * spec.images_per_prompt - len(todo)
             if not todo:
                 continue
-            pipe = _pipeline(spec, "cuda" if torch.cuda.is_available() else "cpu")
+            pipe = load_generator(spec, "cuda" if torch.cuda.is_available() else "cpu")
             for i in range(0, len(todo), recipe.batch_size):
                 batch = todo[i:i + recipe.batch_size]
                 gens = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]

@@ -32,3 +32,10 @@ def ensure_generators(recipe) -> None:
     """``recipe``: a GenerateRecipe whose generators may be tiny stand-ins."""
     for g in recipe.generators:
         ensure_pipeline(g.pretrained, g.create_tiny_if_missing)
+
+
+def ensure_causal_lm(path: str, is_stand_in: bool) -> None:
+    if is_stand_in and not Path(path).exists():
+        from vprefer.testing.tiny_lm import make_tiny_causal_lm
+
+        make_tiny_causal_lm(path)

@@ -1,0 +1,103 @@
+"""GRPO prompt optimisation (TRL) against a reward of generated images: the reward's rules and learning."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vprefer.recipes import load_config
+from vprefer.rl.prompt_opt import PromptOptConfig, PromptOptTrainer, RewriteReward, completion_text, load_policy, rewrite
+from vprefer.testing.stand_ins import ensure_causal_lm, ensure_pipeline
+from vprefer.testing.toy_rewards import LetterReward
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    d = tmp_path_factory.mktemp("po")
+    ensure_causal_lm(str(d / "tiny-lm"), True)
+    ensure_pipeline(str(d / "tiny-sd"), True)
+    return d
+
+
+def cfg(stand_ins, tmp_path, **kw):
+    c = load_config(PromptOptConfig, "grpo-prompts-tiny", "rl", output_dir=str(tmp_path / "out"), **kw)
+    c.policy, c.generator["pretrained"] = str(stand_ins / "tiny-lm"), str(stand_ins / "tiny-sd")
+    return c
+
+
+def test_prompt_following_is_scored_against_the_original_and_the_rest_against_the_rewrite(stand_ins, tmp_path):
+    """Wrong versions: prompt-following judged on the rewrite (drift goes unpunished), aspects swapped."""
+    from vprefer.diffusion import load_pipeline
+
+    c = cfg(stand_ins, tmp_path, aspect_weights={"prompt_following": 1.0}, length_penalty=0.0)
+    rf = RewriteReward(LetterReward(), load_pipeline(c.generator["pretrained"]), c)
+    assert rf.score(["zzzz"], ["abcd"]) == pytest.approx([1.0])  # the original's z's count, not the rewrite's
+    c.aspect_weights = {"aesthetics": 1.0}
+    assert rf.score(["eeee"], ["abcd"]) == pytest.approx([0.0])  # aesthetics: the text the image was made from
+    c.aspect_weights = {"prompt_following": 1.0, "aesthetics": 3.0}  # weights normalised by their sum
+    assert rf.score(["zz"], ["ee"]) == pytest.approx([1.0])
+    assert rf.score(["zz"], ["ab"]) == pytest.approx([0.25])
+
+
+def test_length_penalty_and_fixed_seeds(stand_ins, tmp_path):
+    from vprefer.diffusion import load_pipeline
+
+    c = cfg(stand_ins, tmp_path, aspect_weights={"aesthetics": 1.0}, max_words=3, min_words=2, length_penalty=0.1)
+    rf = RewriteReward(LetterReward(letter="x"), load_pipeline(c.generator["pretrained"]), c)
+    assert rf.score(["a", "a"], ["a b c d e f", ""]) == pytest.approx([-0.3, -0.2])  # 3 words over; 2 short
+    a, b = rf.images(["a red cube", "a cat"]), rf.images(["a cat"])
+    n = c.images_per_rewrite
+    assert a.shape[0] == 2 * n and torch.allclose(a[n:], b, atol=1e-4)  # the same seeds for every rewrite, one batch
+    assert not torch.equal(a[0], a[1])  # the images of one rewrite differ (seed + k)
+    with pytest.raises(Exception, match="not aspects of the reward model"):
+        c.aspect_weights = {"fidelity": 1.0}
+        RewriteReward(LetterReward(), None, c)
+
+
+def test_completion_text():
+    assert completion_text([{"role": "assistant", "content": ' "a red\\ncube ,  bright" '.replace("\\n", "\n")}]) \
+        == "a red cube , bright"
+
+
+@pytest.mark.slow
+def test_grpo_moves_the_policy_to_a_known_optimum(stand_ins, tmp_path):
+    """Toy reward: share of the letter 'e' in the rewrite (optimum 1.0). Greedy rewrites of held-out prompts,
+    before and after 30 GRPO steps, measured through the same reward path (images generated and scored)."""
+    c = cfg(stand_ins, tmp_path, max_steps=30, learning_rate=1e-2, aspect_weights={"aesthetics": 1.0},
+            eval_prompts=["a red cube", "a cat", "a blue tree"], report_to=[])
+    s = PromptOptTrainer(c, prompts=["a red circle", "a blue square", "a green dog", "a house"] * 4,
+                         reward=LetterReward("e")).train()
+    assert s["after/reward"] >= 0.9 and s["after/reward"] > s["before/reward"] + 0.5, s
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_a_vp_score_and_the_result_loads_with_peft(stand_ins, tmp_path):
+    from vprefer.cli import app
+    from vprefer.reward.build import build
+    from vprefer.reward.recipe import RewardRecipe
+    from vprefer.testing.stand_ins import ensure_backbone
+
+    r = RewardRecipe.load("vp-score-tiny")
+    r.backbone.name_or_path = str(tmp_path / "tiny-clip")
+    ensure_backbone(r)
+    build(r).save_pretrained(tmp_path / "vps")
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\na green triangle\na yellow star\n")
+    (tmp_path / "e.txt").write_text("a purple circle\na red square\n")
+    recipe = tmp_path / "r.yaml"
+    import yaml
+
+    d = yaml.safe_load(open("rl/grpo-prompts-tiny.yaml"))
+    d["policy"], d["generator"]["pretrained"] = str(stand_ins / "tiny-lm"), str(stand_ins / "tiny-sd")
+    recipe.write_text(yaml.safe_dump(d))
+    res = CliRunner().invoke(app, ["rl", "prompts", "--recipe", str(recipe), "--reward", str(tmp_path / "vps"),
+                                   "--prompts", str(tmp_path / "p.txt"), "--eval-prompts", str(tmp_path / "e.txt"),
+                                   "--holdout-reward", str(tmp_path / "vps"), "--out", str(tmp_path / "o"),
+                                   "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert "held-out prompts: original" in res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert "after/holdout_reward" in s
+    model, tok = load_policy(str(stand_ins / "tiny-lm"), adapter=tmp_path / "o", device="cpu")  # plain transformers + peft
+    assert len(rewrite(model, tok, ["a red cube"], "descriptive", max_new_tokens=8)) == 1
