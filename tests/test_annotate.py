@@ -6,9 +6,9 @@ import polars as pl
 import pytest
 
 from vprefer.annotate import annotate, build_pairs
-from vprefer.annotate.online import FatalAPIError
 from vprefer.annotate.requests import plan
 from vprefer.annotate.rubric import Rubric
+from vprefer.llm import FatalAPIError
 from vprefer.recipes import RecipeError
 from vprefer.store import Run
 from vprefer.testing.helpers import local_preset, server_stats
@@ -179,7 +179,7 @@ def test_batch_mode_happy_path_and_error_file_lines_are_resubmitted(judge, synth
 
 def test_batch_lost_batch_id_is_found_by_metadata_not_created_twice(judge, synth_run):
     from vprefer.annotate.batch import BatchRunner
-    from vprefer.annotate.journal import Journal
+    from vprefer.llm import Journal
     from vprefer.annotate.requests import image_uris
 
     p = local_preset(judge, mode="batch")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from vprefer.annotate import annotate
-from vprefer.annotate.journal import read
+from vprefer.llm import read_journal as read
 from vprefer.store import Run
 from vprefer.testing.helpers import local_preset, server_stats
 

@@ -99,11 +99,6 @@ def estimate_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) 
     return text // 4 + img + 10, preset.output_tokens_per_image * req.n + 40
 
 
-def cost(preset: AnnotatorPreset, input_tokens: int, output_tokens: int, *, batch: bool) -> float:
-    c = (input_tokens * preset.prices.input_per_1m + output_tokens * preset.prices.output_per_1m) / 1e6
-    return c * (preset.prices.batch_discount if batch else 1.0)
-
-
 def chat_body(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric, run: Run, uris: dict[str, str]) -> dict:
     """The /v1/chat/completions body for one request (images re-encoded as JPEG data URLs)."""
     content: list[dict] = [{"type": "text", "text": rubric.user_text(req.prompt, req.n)}]
@@ -136,10 +131,3 @@ def image_uris(run: Run) -> dict[str, str]:
 
 def pending(reqs: list[JudgeRequest], done: set[str]) -> list[JudgeRequest]:
     return [r for r in reqs if r.request_id not in done]
-
-
-def done_ids(run: Run, annotator: str) -> set[str]:
-    if not run.has("annotations"):
-        return set()
-    return set(run.scan("annotations").filter(pl.col("annotator") == annotator)
-               .select("request_id").unique().collect()["request_id"].to_list())

@@ -1,12 +1,14 @@
-"""``annotate()``: plan, resume, estimate, send (online or batch), journal, fold.
+"""``annotate()``: plan, resume, estimate, send (online or batch), fold.
 
 Resumption is the default, not a flag: every call first folds the journal into
 ``annotations``, then plans the run's requests and sends only those not yet
-answered. Rerunning a finished run sends nothing.
+answered. Rerunning a finished run sends nothing. What is done, in flight and
+spent comes from one :class:`vprefer.llm.Ledger`, read once per call.
 
 ``max_cost`` caps the *total* spend of this annotator on this run (recorded
-cost so far + estimates of requests in flight + the next request), so the
-same command with the same cap never spends more on a rerun.
+cost so far + estimates of requests in flight + the next request; the rule of
+:func:`vprefer.llm.send_all`), so the same command with the same cap never
+spends more on a rerun.
 """
 
 from __future__ import annotations
@@ -20,34 +22,20 @@ from pathlib import Path
 import polars as pl
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vprefer.annotate import journal as jn
 from vprefer.annotate.batch import BatchRunner
-from vprefer.annotate.online import OnlineRunner, Stats
+from vprefer.annotate.online import OnlineRunner
 from vprefer.annotate.pairs import position_bias
 from vprefer.annotate.preset import AnnotatorPreset
-from vprefer.annotate.requests import (JudgeRequest, cost, done_ids, estimate_tokens, image_uris, pending, plan)
+from vprefer.annotate.records import fold, ledger_for
+from vprefer.annotate.requests import JudgeRequest, estimate_tokens, image_uris, pending, plan
 from vprefer.annotate.rubric import Rubric
+from vprefer.llm import Report, cost
 from vprefer.store import Run
 
 
 @dataclass
-class AnnotateResult:
-    planned: int
-    already_done: int
-    todo: int
-    est_input_tokens: int = 0
-    est_output_tokens: int = 0
-    est_cost_usd: float = 0.0
-    ok: int = 0
-    invalid: int = 0
-    error: int = 0
-    recovered: int = 0
-    retries: int = 0
-    cost_usd: float = 0.0
-    spent_total_usd: float = 0.0
-    stopped_for_budget: bool = False
-    open_batches: int = 0
-    dry_run: bool = False
+class AnnotateResult(Report):
+    """The client layer's report, plus what only annotation measures."""
     bias: pl.DataFrame | None = field(default=None, repr=False)
 
 
@@ -75,20 +63,18 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     run = Run(run_dir)
     rubric = Rubric.load(preset.rubric)
     aspects = list(rubric.aspects)
-    jpath = jn.Journal.path_for(run, preset.slug)
-    jn.fold(run, jpath, preset.annotator_id, aspects)
+    ledger = ledger_for(run, preset.slug, preset.annotator_id)
+    fold(run, ledger, aspects)  # answers journalled by a process that died before folding them
     reqs = plan(run, preset, rubric, limit=limit)
-    done = done_ids(run, preset.annotator_id)
-    todo = pending(reqs, done)
+    todo = pending(reqs, ledger.done)
     res = AnnotateResult(planned=len(reqs), already_done=len(reqs) - len(todo), todo=len(todo), dry_run=dry_run)
     res.est_input_tokens, res.est_output_tokens, res.est_cost_usd = estimate(todo, preset, rubric)
-    spent = jn.spent_in_table(run, preset.annotator_id)
     if dry_run or not todo:
-        res.spent_total_usd = spent
+        res.spent_total_usd = ledger.spent_usd
         res.bias = position_bias(run, preset.annotator_id) if run.has("annotations") else None
         return res
     if preset.mode == "batch" and max_cost is not None:  # a batch is paid whole: submit only what fits
-        keep, acc = [], spent
+        keep, acc = [], ledger.spent_usd
         for r in todo:
             c = cost(preset, *estimate_tokens(r, preset, rubric), batch=True)
             if acc + c > max_cost:
@@ -100,52 +86,41 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     preset.api_key()  # fail fast, before anything is written, if the key is missing
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     recipe = {"annotator": preset.resolved(), "rubric": rubric.hash, "max_cost": max_cost, "limit": limit}
-    with run.command("annotate", recipe) as entry, jn.Journal(run, preset.slug) as journal, _progress(progress) as bar:
+    with run.command("annotate", recipe) as entry, ledger, _progress(progress) as bar:
         task = bar.add_task(f"annotate {preset.name}", total=len(todo), ok=0, failed=0, inflight=0, rate=0.0,
                             tokens=0, cost=0.0)
-        if preset.mode == "online":
-            in_flight_before = jn.in_flight(jpath)
-            t0 = time.monotonic()
+        try:
+            if preset.mode == "online":
+                t0 = time.monotonic()
 
-            def update(s: Stats) -> None:
-                el = max(1e-9, time.monotonic() - t0)
-                bar.update(task, completed=s.done, ok=s.ok, failed=s.invalid + s.error, inflight=s.in_flight,
-                           rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd)
+                def update(s: Report) -> None:
+                    el = max(1e-9, time.monotonic() - t0)
+                    bar.update(task, completed=s.done, ok=s.ok, failed=s.invalid + s.error, inflight=s.in_flight,
+                               rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd)
 
-            runner = OnlineRunner(run, preset, rubric, journal, image_uris(run), run_id=run_id,
-                                  budget_usd=max_cost, spent_usd=spent, on_update=update)
-            try:
-                s = asyncio.run(runner.run_all(todo, in_flight_before))
-            finally:
-                jn.fold(run, jpath, preset.annotator_id, aspects)
-            res.ok, res.invalid, res.error, res.cost_usd = s.ok, s.invalid, s.error, s.cost_usd
-            res.recovered, res.retries = s.recovered, s.retries
-            res.stopped_for_budget = res.stopped_for_budget or s.stopped_for_budget
-        else:
-            runner = BatchRunner(run, preset, rubric, journal, run_id=run_id,
-                                 on_update=lambda r: bar.update(task, completed=r.ok + r.invalid, ok=r.ok,
-                                                                failed=r.invalid + r.failed_lines,
-                                                                inflight=r.open_batches, cost=r.cost_usd))
-            by_id = {r.request_id: r for r in reqs}
-            try:
-                runner.submit(todo, image_uris(run))
+                runner = OnlineRunner(run, preset, rubric, ledger, image_uris(run), run_id=run_id, report=res,
+                                      budget_usd=max_cost, on_update=update)
+                asyncio.run(runner.run_all(todo))
+            else:
+                batches = BatchRunner(run, preset, rubric, ledger, run_id=run_id, report=res,
+                                      on_update=lambda r: bar.update(task, completed=r.ok + r.invalid, ok=r.ok,
+                                                                     failed=r.invalid + r.error,
+                                                                     inflight=r.open_batches, cost=r.cost_usd))
+                by_id = {r.request_id: r for r in reqs}
+                batches.submit(todo, image_uris(run))
                 rounds = 0
-                while wait and runner.wait(by_id, poll_s=poll_s, timeout_s=wait_timeout_s):
-                    jn.fold(run, jpath, preset.annotator_id, aspects)
-                    left = pending(todo, done_ids(run, preset.annotator_id))
+                while wait and batches.wait(by_id, poll_s=poll_s, timeout_s=wait_timeout_s):
+                    left = pending(todo, ledger.done)
                     rounds += 1
                     if not left or rounds > preset.max_retries:
                         break
-                    runner.submit(left, image_uris(run))  # error-file lines: not billed, ask again
+                    batches.submit(left, image_uris(run))  # error-file lines: not billed, ask again
                 if not wait:
-                    runner.poll(by_id)
-            finally:
-                jn.fold(run, jpath, preset.annotator_id, aspects)
-            r = runner.report
-            res.ok, res.invalid, res.error, res.cost_usd = r.ok, r.invalid, r.failed_lines, r.cost_usd
-            res.open_batches = r.open_batches
+                    batches.poll(by_id)
+        finally:
+            fold(run, ledger, aspects)
         entry.update(cost_usd=res.cost_usd, ok=res.ok, invalid=res.invalid, error=res.error, run_id=run_id,
                      stopped_for_budget=res.stopped_for_budget)
-    res.spent_total_usd = jn.spent_in_table(run, preset.annotator_id)
+    res.spent_total_usd = ledger.spent_usd
     res.bias = position_bias(run, preset.annotator_id)
     return res

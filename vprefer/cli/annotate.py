@@ -12,10 +12,9 @@ from rich.table import Table
 
 from vprefer.annotate import AnnotatorPreset, annotate as annotate_api, build_pairs, save_pairs
 from vprefer.annotate.batch import BatchRunner
-from vprefer.annotate.journal import Journal
-from vprefer.annotate.online import FatalAPIError
 from vprefer.annotate.rubric import Rubric
 from vprefer.cli._app import app, fail, friendly, out
+from vprefer.llm import FatalAPIError, Journal
 from vprefer.store import Run
 
 

@@ -1,0 +1,46 @@
+"""The ledger answers done / in flight / spent from one read of the journal, and stays right as lines land."""
+
+import json
+
+import pytest
+
+from vprefer.llm import Journal, Ledger, read_journal
+from vprefer.store import Run
+
+
+def _journal(run, lines: list, torn: bytes = b""):
+    path = Journal.path_for(run, "judge")
+    path.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines) + torn)
+    return path
+
+
+def test_answers_from_one_read_first_done_wins_torn_line_ignored(tmp_path):
+    run = Run(tmp_path / "run", create=True)
+    _journal(run, [{"event": "sent", "request_id": "a"}, {"event": "done", "request_id": "a", "cost_usd": 1.0},
+                   {"event": "sent", "request_id": "b"},  # in flight when the process died
+                   {"event": "sent", "request_id": "c"}, {"event": "transient", "request_id": "c"},
+                   {"event": "done", "request_id": "a", "cost_usd": 5.0},  # collected twice: not paid twice
+                   {"event": "done", "request_id": "d", "cost_usd": 0.5}],
+             torn=b'{"event": "done", "request_id": "e", "co')
+    led = Ledger(run, "judge", recorded={"d", "z"}, recorded_usd=2.5)  # d and z are in the table already
+    assert led.done == {"a", "d", "z"}
+    assert led.in_flight() == {"b", "c"}
+    assert led.spent_usd == pytest.approx(2.5 + 1.0)
+    assert [r["request_id"] for r in led.unrecorded()] == ["a"]
+    led.mark_recorded(led.unrecorded())  # folded into the table: the total does not move
+    assert led.unrecorded() == [] and led.spent_usd == pytest.approx(3.5)
+
+
+def test_writes_are_durable_and_counted_without_rereading(tmp_path):
+    run = Run(tmp_path / "run", create=True)
+    led = Ledger(run, "judge")
+    assert not led.path.exists()  # reading (a dry run) creates nothing
+    with led:
+        led.write({"event": "sent", "request_id": "x", "attempt": 1})
+        assert led.in_flight() == {"x"}
+        led.write({"event": "done", "request_id": "x", "cost_usd": 0.25, "note": "key sk-abcdef0123456789abcd"})
+    assert led.done == {"x"} and led.in_flight() == set() and led.spent_usd == pytest.approx(0.25)
+    again = Ledger(run, "judge")  # a new process sees the same
+    assert again.done == led.done and again.spent_usd == led.spent_usd
+    assert [r["event"] for r in read_journal(led.path)] == ["sent", "done"]
+    assert b"sk-abcdef" not in led.path.read_bytes()  # the journal's redaction holds through the ledger

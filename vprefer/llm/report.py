@@ -1,0 +1,61 @@
+"""One report for every LLM job, online or Batch API: what was planned, what happened, what it cost.
+
+A single type so that progress displays, manifests and CLI tables read the
+same fields whichever way the requests went out; fields a mode does not use
+stay at zero.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outcome:
+    """What one request came to. ``status`` is ``ok``, ``invalid`` (answered, failed validation) or
+    ``error`` (permanent error, or transient retries ran out: then it stays pending for a rerun)."""
+    status: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class Report:
+    # planning (filled by the job before anything is sent)
+    planned: int = 0
+    already_done: int = 0
+    todo: int = 0
+    est_input_tokens: int = 0
+    est_output_tokens: int = 0
+    est_cost_usd: float = 0.0
+    dry_run: bool = False
+    # this run
+    ok: int = 0
+    invalid: int = 0
+    error: int = 0
+    in_flight: int = 0
+    retries: int = 0
+    recovered: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    stopped_for_budget: bool = False
+    # Batch API
+    submitted: int = 0
+    collected: int = 0
+    open_batches: int = 0
+    # the whole run directory, after this run
+    spent_total_usd: float = 0.0
+    started: float = field(default_factory=time.monotonic, repr=False)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.invalid + self.error
+
+    def count(self, outcome: Outcome) -> None:
+        self.input_tokens += outcome.input_tokens
+        self.output_tokens += outcome.output_tokens
+        self.cost_usd += outcome.cost_usd
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
