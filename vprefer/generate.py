@@ -65,9 +65,9 @@ def load_generator(spec: GeneratorSpec, device: str):
 
 def generate(run_dir, recipe: GenerateRecipe, *, limit: int | None = None,
              on_image: Callable[[str, str, int], None] | None = None) -> dict:
-    from accelerate import PartialState
+    from vprefer.dist import state as dist_state
 
-    state = PartialState()
+    state = dist_state()
     run = Run(run_dir)
     prompts = run.read("prompts").select("prompt_id", "prompt")
     if limit:

@@ -62,12 +62,16 @@ def refl_cmd(
     from vprefer.rl.refl import run_images
 
     cfg = config_from_yaml(ReFLConfig, recipe, output_dir=str(out_dir), max_steps=max_steps)
+    from vprefer.dist import state
     from vprefer.testing.stand_ins import ensure_pipeline
 
-    ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
+    with state().main_process_first():  # several processes: one builds a missing stand-in, the rest wait
+        ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
     tr = ReFLTrainer(cfg, prompts=read_prompts(prompts), reward=reward, holdout_reward=holdout_reward,
                      pretrain_data=run_images(pretrain_data) if pretrain_data else ())
-    _report(tr.train(resume=resume), out_dir)
+    hist = tr.train(resume=resume)
+    if state().is_main_process:  # one report, not one per process
+        _report(hist, out_dir)
 
 
 @rl.command("dpo")
@@ -89,9 +93,11 @@ def dpo_cmd(
     from vprefer.rl.dpo import dpo_pairs
 
     cfg = config_from_yaml(DiffusionDPOConfig, recipe, output_dir=str(out_dir), max_steps=max_steps, aspect=aspect)
+    from vprefer.dist import state
     from vprefer.testing.stand_ins import ensure_pipeline
 
-    ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
+    with state().main_process_first():  # several processes: one builds a missing stand-in, the rest wait
+        ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = data
         if data.suffix == ".parquet":
@@ -101,6 +107,8 @@ def dpo_cmd(
         tr = DiffusionDPOTrainer(cfg, pairs=pairs, reward=reward, holdout_reward=holdout_reward)
         hist = tr.train(resume=resume)
     last = [h for h in hist if "dpo/implicit_acc" in h]
+    if not state().is_main_process:
+        return
     if last:
         out.print(f"implicit accuracy {last[0]['dpo/implicit_acc']:.2f} -> {last[-1]['dpo/implicit_acc']:.2f}, "
                   f"loss {last[0]['loss/dpo']:.4f} -> {last[-1]['loss/dpo']:.4f} over {len(pairs):,} pairs")

@@ -48,6 +48,11 @@ class DiffusionTrainingConfig(TrainingArguments):
     create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: `pretrained` is a tiny "
                                                                           "random stand-in the CLI builds if absent"})
 
+    def __post_init__(self):
+        if not torch.cuda.is_available():  # several CPU processes are one gloo job only when CPU is asked for
+            self.use_cpu = True
+        super().__post_init__()
+
 
 def config_from_yaml(cls, path: str | Path, **overrides):
     """Recipe YAML (a path, or a name in ./rl/ or the repository's rl/) -> Config (``vprefer.recipes.load_config``)."""
@@ -90,7 +95,7 @@ class DiffusionTrainerBase:
         mp = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
         # accumulation is done by hand in update() (one optimizer update = gradient_accumulation_steps
         # micro-batches), so every step counter below counts optimizer updates, as transformers does
-        self.acc = Accelerator(mixed_precision=mp if torch.cuda.is_available() else "no",
+        self.acc = Accelerator(mixed_precision=mp if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available(),
                                log_with="tensorboard" if "tensorboard" in (config.report_to or []) else None,
                                project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")))
         random.seed(config.seed)
@@ -194,7 +199,8 @@ class DiffusionTrainerBase:
         finally:
             self._swap_ema()
         (self.out / "eval").mkdir(parents=True, exist_ok=True)
-        grid(imgs, cols=min(4, len(prompts))).save(self.out / "eval" / f"{tag or f'step-{self.step_no:06d}'}.png")
+        if self.acc.is_main_process:
+            grid(imgs, cols=min(4, len(prompts))).save(self.out / "eval" / f"{tag or f'step-{self.step_no:06d}'}.png")
         m: dict = {}
         for name, rm in (("reward", self.reward), ("holdout_reward", self.holdout)):
             if rm is not None:
@@ -211,7 +217,9 @@ class DiffusionTrainerBase:
         self.acc.save_state(str(d), safe_serialization=True)
         if self.ema is not None and self.acc.is_main_process:
             save_file({str(i): e.detach().cpu().contiguous() for i, e in enumerate(self.ema)}, str(d / "ema.safetensors"))
-        (d / "vprefer_state.json").write_text(json.dumps({"step": self.step_no}))
+        if self.acc.is_main_process:
+            (d / "vprefer_state.json").write_text(json.dumps({"step": self.step_no}))
+        self.acc.wait_for_everyone()
         return d
 
     def resume(self) -> int:
@@ -227,6 +235,11 @@ class DiffusionTrainerBase:
         return self.step_no
 
     def save(self) -> Path:
+        """The result, written once (by the main process) after every process has finished its last update."""
+        self.acc.wait_for_everyone()
+        out = self.out / ("unet" if not self.config.use_lora else "")
+        if not self.acc.is_main_process:
+            return out
         (self.out / "vprefer_rl.json").write_text(json.dumps(
             {"loop": type(self).__name__, "pretrained": self.config.pretrained, "resolution": self.config.resolution,
              "use_lora": self.config.use_lora, "steps": self.step_no}, indent=2))
@@ -238,6 +251,19 @@ class DiffusionTrainerBase:
             return self.out / "unet"
         finally:
             self._swap_ema()
+
+    def sync_check(self) -> dict:
+        """With several processes: are the trained weights the same on every rank? (DDP should keep them so.)"""
+        n = self.acc.num_processes
+        if n == 1:
+            return {}
+        with torch.no_grad():
+            flat = torch.cat([p.detach().float().flatten() for p in self.params])
+            sig = torch.stack([flat.sum(), flat.pow(2).sum(), (flat * torch.arange(len(flat), device=flat.device)
+                                                               .remainder(97)).sum()]).unsqueeze(0)
+        every = self.acc.gather(sig.to(self.acc.device))
+        return {"distributed/processes": n,
+                "distributed/params_in_sync": bool(torch.allclose(every, every[:1].expand_as(every), rtol=1e-6, atol=1e-6))}
 
     def train(self, resume: bool = False) -> list[dict]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +281,7 @@ class DiffusionTrainerBase:
                 self.log(self.evaluate())
             if c.save_steps and self.step_no % int(c.save_steps) == 0:
                 self.checkpoint()
-        self.log({"phase": "after", **self.evaluate("after")})
+        self.log({"phase": "after", **self.evaluate("after"), **self.sync_check()})
         self.save()
         self.acc.end_training()
         return self.history

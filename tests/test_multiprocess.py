@@ -1,0 +1,82 @@
+"""Multi-process runs on two CPU processes (gloo), started by ``torchrun`` as a launcher does: tested, not assumed.
+
+``accelerate launch --cpu --num_processes 2`` starts one process in accelerate 1.15 (multi-CPU there means MPI),
+so the tests use ``torchrun --nproc_per_node 2``; vprefer's entry points ask accelerate for CPU explicitly
+(``vprefer.dist.state``), which makes the two processes one gloo job.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # each launch starts two Python processes
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    p = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "vprefer", *args],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=500)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from vprefer.ingest import ingest
+    from vprefer.testing.synthetic import write_dataset, write_truth_pairs
+
+    d = tmp_path_factory.mktemp("mp")
+    ingest(write_dataset(d / "syn", 8, 3, size=32), d / "run")
+    write_truth_pairs(d / "run")
+    return d
+
+
+def metrics(folder):
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_dpo_on_two_processes_stays_in_sync_writes_once_and_resumes(world):
+    import yaml
+
+    from vprefer.recipes import REPO
+
+    r = yaml.safe_load((REPO / "rl" / "dpo-tiny.yaml").read_text())
+    r.update(save_steps=2, eval_every=0)
+    (world / "dpo.yaml").write_text(yaml.safe_dump(r))
+    launch(["rl", "dpo", "--recipe", "dpo.yaml", "--data", "run", "--out", "o", "--max-steps", "4"], world)
+    m = metrics(world / "o")
+    after = [x for x in m if x.get("phase") == "after"]
+    assert len(after) == 1, "metrics written by more than one process"
+    assert after[0]["distributed/processes"] == 2 and after[0]["distributed/params_in_sync"] is True
+    assert (world / "o" / "pytorch_lora_weights.safetensors").exists()
+    assert sorted(p.name for p in (world / "o" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    launch(["rl", "dpo", "--recipe", "dpo.yaml", "--data", "run", "--out", "o", "--max-steps", "6", "--resume"], world)
+    m = metrics(world / "o")
+    assert [x["step"] for x in m if x.get("phase") == "after"] == [4, 6]  # continued from update 4, not from 0
+    assert [x for x in m if x.get("phase") == "after"][-1]["distributed/params_in_sync"] is True
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_generate_splits_prompts_with_nothing_twice_or_missing(world):
+    from vprefer.store import Run
+
+    launch(["generate", "run", "--recipe", "rl/generators-tiny.yaml", "--limit", "6"], world)
+    imgs = Run(world / "run").read("images").filter(__import__("polars").col("generator").str.starts_with("tiny"))
+    keys = list(zip(imgs["prompt_id"], imgs["generator"], imgs["seed"]))
+    assert len(keys) == len(set(keys)) == 6 * 2 * 2  # 6 prompts x 2 generators x 2 images, each exactly once
