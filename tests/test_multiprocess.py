@@ -7,7 +7,6 @@ so the tests use ``torchrun --nproc_per_node 2``; vprefer's entry points ask acc
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -101,3 +101,15 @@ def test_cli_end_to_end_with_a_vp_score_and_the_result_loads_with_peft(stand_ins
     assert "after/holdout_reward" in s
     model, tok = load_policy(str(stand_ins / "tiny-lm"), adapter=tmp_path / "o", device="cpu")  # plain transformers + peft
     assert len(rewrite(model, tok, ["a red cube"], "descriptive", max_new_tokens=8)) == 1
+    # the trained rewriter upsamples a run's prompts locally, written exactly like the LLM upsampler's variants
+    from vprefer.prompts import sample_prompts
+    from vprefer.store import Run
+
+    sample_prompts(tmp_path / "p.txt", tmp_path / "run")
+    res = CliRunner().invoke(app, ["prompts", "upsample", str(tmp_path / "run"), "--annotator", f"local:{tmp_path / 'o'}"])
+    assert res.exit_code == 0, res.output
+    p = Run(tmp_path / "run").read("prompts")
+    variants = p.filter(p["source"] == "upsample:descriptive")
+    assert variants.height >= 1 and all(json.loads(m)["parent"] in set(p["prompt_id"]) for m in variants["meta"])
+    again = CliRunner().invoke(app, ["prompts", "upsample", str(tmp_path / "run"), "--annotator", f"local:{tmp_path / 'o'}"])
+    assert "4 already upsampled, 0 new" in again.output, again.output

@@ -43,7 +43,7 @@ def sample(
 @friendly
 def upsample_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts."),
-    annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any chat model."),
+    annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any chat model; or local:DIR, a rewriter trained by `vprefer rl prompts`."),
     style: str = typer.Option("descriptive", "--style", help="descriptive (DALL-E 3 captions) | tags (TIPO-style)"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost"),
     limit: Optional[int] = typer.Option(None, "--limit"),
@@ -54,7 +54,12 @@ def upsample_cmd(
     from vprefer.annotate.preset import AnnotatorPreset
     from vprefer.prompts import upsample
 
-    p = AnnotatorPreset.load(annotator, base_url=base_url, model=model)
+    if annotator.startswith("local:"):  # a rewriter trained by `vprefer rl prompts`, run here without a server
+        from vprefer.prompts.local import LocalRewriter
+
+        p = LocalRewriter(annotator.removeprefix("local:"))
+    else:
+        p = AnnotatorPreset.load(annotator, base_url=base_url, model=model)
     r = upsample(run_dir, p, style=style, max_cost=max_cost, limit=limit)
     out.print(f"{r.planned} prompts: {r.already_done} already upsampled, {r.ok} new, {r.error} failed "
               f"(rerun to retry), ${r.cost_usd:.4f}" + (" — stopped before --max-cost" if r.stopped_for_budget else ""))

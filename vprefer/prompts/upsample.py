@@ -63,6 +63,8 @@ def upsample(run_dir, preset: ClientSettings, *, style: str = "descriptive", max
         raise ValueError(f"--style must be one of {list(STYLES)}")
     run = Run(run_dir)
     ledger = Ledger(run, f"{preset.slug}-{style}", kind="upsample")
+    if hasattr(preset, "rewrite"):  # a local rewriter (``local:DIR``): no server, no cost, same rows and journal
+        return _local(run, preset, ledger, style, limit)
     _fold(run, ledger, style, preset.annotator_id)
     prompts = run.read("prompts").filter(~pl.col("source").str.starts_with("upsample:"))
     if limit:
@@ -80,6 +82,33 @@ def upsample(run_dir, preset: ClientSettings, *, style: str = "descriptive", max
         asyncio.run(_send(todo, preset, style, ledger, res, max_cost))
         entry.update(cost_usd=res.cost_usd, ok=res.ok, error=res.error)
     _fold(run, ledger, style, preset.annotator_id)
+    return res
+
+
+def _local(run: Run, rewriter, ledger: Ledger, style: str, limit: int | None) -> Report:
+    _fold(run, ledger, style, rewriter.annotator_id)
+    prompts = run.read("prompts").filter(~pl.col("source").str.starts_with("upsample:"))
+    if limit:
+        prompts = prompts.head(limit)
+    todo = [(short, pid, ids.short_hash(rewriter.annotator_id, style, pid, n=24))
+            for pid, short in prompts.select("prompt_id", "prompt").iter_rows()]
+    todo = [t for t in todo if t[2] not in ledger.done]
+    res = Report(planned=prompts.height, already_done=prompts.height - len(todo), todo=len(todo))
+    if not todo:
+        return res
+    with run.command("prompts upsample", {"annotator": rewriter.resolved(), "style": style}) as entry, ledger:
+        for i in range(0, len(todo), 16):  # journalled per batch: an interrupted run keeps what it wrote
+            batch = todo[i:i + 16]
+            for (short, pid, rid), text in zip(batch, rewriter.rewrite([b[0] for b in batch], style)):
+                if text:
+                    ledger.write({"event": "done", "status": "ok", "request_id": rid, "parent": pid, "text": text,
+                                  "cost_usd": 0.0, "latency_s": 0.0})
+                    res.ok += 1
+                else:
+                    ledger.write({"event": "error", "request_id": rid, "error": "empty rewrite"})
+                    res.error += 1
+        entry.update(ok=res.ok, error=res.error)
+    _fold(run, ledger, style, rewriter.annotator_id)
     return res
 
 

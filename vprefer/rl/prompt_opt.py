@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from trl import GRPOConfig
 
-from vprefer.prompts.upsample import STYLES  # the zero-shot upsampler's instructions: comparable rewrites
+from vprefer.prompts.local import completion_text, load_policy, messages, rewrite  # noqa: F401 (public here too)
 from vprefer.recipes import RecipeError
 
 @dataclass
@@ -52,18 +52,6 @@ class PromptOptConfig(GRPOConfig):
     eval_prompts: list = field(default_factory=list)
     create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: `policy` is a tiny stand-in "
                                                                           "the CLI builds if absent"})
-
-
-def messages(original: str, style: str) -> list[dict]:
-    if style not in STYLES:
-        raise RecipeError(f"style must be one of {sorted(STYLES)}, got {style!r}")
-    return [{"role": "system", "content": STYLES[style]}, {"role": "user", "content": original}]
-
-
-def completion_text(c) -> str:
-    """A GRPO completion (conversational: a list of messages; or plain text) -> one cleaned line."""
-    t = c[-1]["content"] if isinstance(c, list) else str(c)
-    return " ".join(t.replace("\n", " ").strip().strip('"').split())
 
 
 class RewriteReward:
@@ -110,29 +98,6 @@ class RewriteReward:
 
     def __call__(self, prompts, completions, original, **_) -> list[float]:
         return self.score(list(original), [completion_text(x) for x in completions])
-
-
-def load_policy(path: str, adapter: str | Path | None = None, device: str | None = None):
-    """The rewriter as a user loads it: transformers (+ peft for the adapter)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(adapter or path))
-    model = AutoModelForCausalLM.from_pretrained(path)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval(), tok
-
-
-@torch.no_grad()
-def rewrite(model, tok, originals: Sequence[str], style: str, *, max_new_tokens: int = 128) -> list[str]:
-    """Greedy rewrites (deterministic: what evaluation and ``prompts upsample --annotator local:DIR`` use)."""
-    tok.padding_side = "left"
-    chats = [tok.apply_chat_template(messages(o, style), tokenize=False, add_generation_prompt=True) for o in originals]
-    enc = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return [completion_text(tok.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True)) for o in out]
 
 
 def evaluate(reward_fn: RewriteReward, originals: Sequence[str], rewrites: dict[str, Sequence[str]]) -> dict[str, float]:
