@@ -27,7 +27,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     a = ap.parse_args()
-    import polars as pl
 
     from vprefer.annotate import AnnotatorPreset
     from vprefer.ingest import ingest

@@ -52,5 +52,5 @@ def test_files_and_batches_round_trip(judge):
         time.sleep(0.02)
     assert b.status == "completed" and b.request_counts.completed == 1
     out = [json.loads(x) for x in c.files.content(b.output_file_id).read().splitlines()]
-    assert out[0]["custom_id"] == "r1" and "highly detailed" in out[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert out[0]["custom_id"] == "r1" and "in fine detail" in out[0]["response"]["body"]["choices"][0]["message"]["content"]
     assert [x.id for x in c.batches.list()] == [b.id]

@@ -92,7 +92,7 @@ def test_upsample_with_faults_budget_and_resume(judge, tmp_path):
     assert variants.height == 8 and originals.height == 8
     parents = {json.loads(m)["parent"] for m in variants["meta"]}
     assert parents == set(originals["prompt_id"])  # every variant links to its original
-    assert all("highly detailed" in t for t in variants["prompt"])
+    assert all("in fine detail" in t for t in variants["prompt"])
     assert max(server_stats(judge)["answered"].values()) == 1  # nothing asked twice
     assert upsample(tmp_path / "run", p).ok == 0  # rerun sends nothing
 

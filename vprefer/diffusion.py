@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vprefer.errors import InputError
+
 
 def stand_in_must_exist(path: str, is_stand_in: bool) -> None:
     """Tiny stand-in pipelines are built by the CLI and the demo (``vprefer.testing``), never by the library."""
@@ -37,7 +39,7 @@ def load_pipeline(name_or_path: str, dtype: torch.dtype | None = None, device: s
     try:
         pipe = DiffusionPipeline.from_pretrained(name_or_path, **kw)
     except OSError as e:
-        raise ValueError(f"cannot load diffusers pipeline {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot load diffusers pipeline {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if hasattr(pipe, "safety_checker"):
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)

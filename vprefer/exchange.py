@@ -18,37 +18,49 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import polars as pl
 
 from vprefer import ids, schema
+from vprefer.errors import VpreferError
 from vprefer.images import BadImage, check_bytes, read_checked
 from vprefer.ingest import store_image
 from vprefer.rankings import ranking_pairs, ranks_from_scores
-from vprefer.store import Run, atomic_write_bytes
+from vprefer.store import Result, Run, as_run, atomic_write_bytes, is_url
 
 FORMATS_IN = ("imagereward", "hpdv2", "pickapic")
 FORMATS_OUT = ("imagereward", "pickapic", "hf")
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(VpreferError, ValueError):
+    """An exchange file that is not what its format says, or an export the run cannot serve."""
 
 
-def _save(run: Run, name: str, prompts, images, rankings, pairs, recipe: dict) -> dict[str, int]:
+@dataclass
+class ImportCounts(Result):
+    """Rows brought in by one import (``ties`` counts the tied pairs among ``pairs``)."""
+
+    prompts: int
+    images: int
+    rankings: int
+    pairs: int
+    ties: int
+
+
+def _save(run: Run, name: str, prompts, images, rankings, pairs, recipe: dict) -> ImportCounts:
     with run.command(name, recipe):
         for table, rows in (("prompts", prompts), ("images", images), ("rankings", rankings), ("pairs", pairs)):
             run.append(table, schema.frame(table, rows))
             run.compact(table)
-    return {"prompts": len(prompts), "images": len(images), "rankings": len(rankings), "pairs": len(pairs),
-            "ties": sum(p["tie"] for p in pairs)}
+    return ImportCounts(len(prompts), len(images), len(rankings), len(pairs), sum(p["tie"] for p in pairs))
 
 
 # ------------------------------------------------------------------ import
-def import_ranking_json(path: Path, out: Path, *, fmt: str = "imagereward",
-                        images_root: Path | None = None) -> dict[str, int]:
+def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward",
+                        images_root: Path | None = None) -> ImportCounts:
     path = Path(path)
     try:
         entries = json.loads(path.read_text())
@@ -56,7 +68,7 @@ def import_ranking_json(path: Path, out: Path, *, fmt: str = "imagereward",
         raise FormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(entries, list):
         raise FormatError(f"{path}: expected a JSON list of {{prompt, generations|image_path, ranking|rank}}")
-    run = Run(out, create=True)
+    run = as_run(out, create=True)
     prompts, images, rankings, pairs = [], [], [], []
     seen_images: set[str] = set()
     for n, e in enumerate(entries, 1):
@@ -95,14 +107,14 @@ def import_ranking_json(path: Path, out: Path, *, fmt: str = "imagereward",
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
 
 
-def import_pickapic(path: Path, out: Path) -> dict[str, int]:
+def import_pickapic(path: Path, out: Path | Run) -> ImportCounts:
     path = Path(path)
     df = pl.read_parquet(path)
     missing = [c for c in PICKAPIC_COLUMNS if c not in df.columns]
     if missing:
         raise FormatError(f"{path}: Pick-a-Pic parquet lacks {', '.join(missing)} "
                           f"(expected {', '.join(PICKAPIC_COLUMNS)}; label_0: 1, 0 or 0.5 for a tie)")
-    run = Run(out, create=True)
+    run = as_run(out, create=True)
     prompts, images, rankings, pairs = {}, {}, [], []
     for n, r in enumerate(df.iter_rows(named=True), 1):
         label = float(r["label_0"])
@@ -128,7 +140,7 @@ def import_pickapic(path: Path, out: Path) -> dict[str, int]:
                  {"file": str(path), "format": "pickapic"})
 
 
-def import_file(path: Path, out: Path, fmt: str, images_root: Path | None = None) -> dict[str, int]:
+def import_file(path: Path, out: Path | Run, fmt: str, images_root: Path | None = None) -> ImportCounts:
     if fmt in ("imagereward", "hpdv2"):
         return import_ranking_json(path, out, fmt=fmt, images_root=images_root)
     if fmt == "pickapic":
@@ -149,20 +161,21 @@ def _selected(run: Run, aspect: str, annotator: str | None) -> pl.DataFrame:
     return rk.join(prompts, on="prompt_id", how="left")
 
 
-def _image_bytes(run: Run, uris: dict[str, str], iid: str) -> bytes:
-    p = run.resolve_uri(uris[iid])
-    if isinstance(p, str):
+def _image_bytes(paths: dict[str, str], iid: str) -> bytes:
+    p = paths[iid]
+    if is_url(p):
         raise FormatError(f"image {iid} is a URL ({p}); export needs local image files")
     if not Path(p).exists():
         raise FormatError(f"image {iid}: file {p} is missing (imported without images?)")
     return Path(p).read_bytes()
 
 
-def export_run(run_dir: Path, out: Path, fmt: str, *, aspect: str = schema.OVERALL,
+def export_run(run_dir: Path | Run, out: Path, fmt: str, *, aspect: str = schema.OVERALL,
                annotator: str | None = None) -> int:
-    run = Run(run_dir)
+    run = as_run(run_dir)
     rk = _selected(run, aspect, annotator)
-    uris = dict(run.read("images").select("image_id", "uri").iter_rows())
+    imgs = run.image_paths().unique("image_id", keep="last", maintain_order=True)
+    uris, paths = dict(imgs.select("image_id", "uri").iter_rows()), dict(imgs.select("image_id", "path").iter_rows())
     out = Path(out)
     if fmt == "imagereward":
         data = [{"id": r["prompt_id"], "prompt": r["prompt"], "generations": [uris[i] for i in r["image_ids"]],
@@ -170,7 +183,7 @@ def export_run(run_dir: Path, out: Path, fmt: str, *, aspect: str = schema.OVERA
         atomic_write_bytes(out, json.dumps(data, indent=2).encode())
         return len(data)
     if fmt == "pickapic":
-        rows = list(_pickapic_rows(run, rk, uris))
+        rows = list(_pickapic_rows(rk, paths))
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
         pl.DataFrame(rows, schema={"caption": pl.String, "jpg_0": pl.Binary, "jpg_1": pl.Binary,
@@ -179,26 +192,27 @@ def export_run(run_dir: Path, out: Path, fmt: str, *, aspect: str = schema.OVERA
         tmp.replace(out)
         return len(rows)
     if fmt == "hf":
-        return _export_hf(run, rk, uris, out, aspect)
+        return _export_hf(run, rk, uris, paths, out, aspect)
     raise FormatError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS_OUT)}")
 
 
-def _pickapic_rows(run: Run, rk: pl.DataFrame, uris: dict[str, str]) -> Iterable[dict]:
+def _pickapic_rows(rk: pl.DataFrame, paths: dict[str, str]) -> Iterable[dict]:
     for r in rk.iter_rows(named=True):
         iids, sc = r["image_ids"], r["scores"]
         for i in range(len(iids)):
             for j in range(i + 1, len(iids)):
                 label = 1.0 if sc[i] > sc[j] else 0.0 if sc[i] < sc[j] else 0.5
-                yield {"caption": r["prompt"], "jpg_0": _image_bytes(run, uris, iids[i]),
-                       "jpg_1": _image_bytes(run, uris, iids[j]), "label_0": label, "label_1": 1.0 - label,
+                yield {"caption": r["prompt"], "jpg_0": _image_bytes(paths, iids[i]),
+                       "jpg_1": _image_bytes(paths, iids[j]), "label_0": label, "label_1": 1.0 - label,
                        "image_0_uid": iids[i], "image_1_uid": iids[j]}
 
 
-def _export_hf(run: Run, rk: pl.DataFrame, uris: dict[str, str], out: Path, aspect: str) -> int:
+def _export_hf(run: Run, rk: pl.DataFrame, uris: dict[str, str], paths: dict[str, str], out: Path,
+               aspect: str) -> int:
     """A folder that ``datasets.load_dataset(str(out))`` reads: parquet shard + dataset card."""
     rows = [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "aspect": aspect, "annotator": r["annotator"],
              "image_ids": r["image_ids"],
-             "images": [{"bytes": _image_bytes(run, uris, i), "path": uris[i]} for i in r["image_ids"]],
+             "images": [{"bytes": _image_bytes(paths, i), "path": uris[i]} for i in r["image_ids"]],
              "ranking": ranks_from_scores(r["scores"]), "scores": r["scores"]} for r in rk.iter_rows(named=True)]
     (out / "data").mkdir(parents=True, exist_ok=True)
     pl.DataFrame(rows).write_parquet(out / "data" / "train-00000-of-00001.parquet")

@@ -11,6 +11,8 @@ appended concurrently; the store claims part names atomically).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -20,7 +22,7 @@ from vprefer import schema
 from vprefer.images import check_bytes
 from vprefer.ingest import store_image
 from vprefer.recipes import Recipe, RecipeError, find_asset
-from vprefer.store import Run
+from vprefer.store import Result, Run, as_run
 
 
 class GeneratorSpec(BaseModel):
@@ -63,25 +65,29 @@ def load_generator(spec: GeneratorSpec, device: str):
     return pipe
 
 
-def generate(run_dir, recipe: GenerateRecipe, *, limit: int | None = None,
-             on_image: Callable[[str, str, int], None] | None = None) -> dict:
+@dataclass
+class GenerateResult(Result):
+    generated: int = 0  # images made now (by this process, when several share the work)
+    skipped: int = 0  # already present for their prompt, generator and seed
+
+
+def generate(run_dir: str | Path | Run, recipe: GenerateRecipe, *, limit: int | None = None,
+             on_image: Callable[[str, str, int], None] | None = None) -> GenerateResult:
     from vprefer.dist import state as dist_state
 
     state = dist_state()
-    run = Run(run_dir)
+    run = as_run(run_dir)
     prompts = run.read("prompts").select("prompt_id", "prompt")
     if limit:
         prompts = prompts.head(limit)
-    have = set()
-    if run.has("images"):
-        have = {tuple(r) for r in run.read("images").select("prompt_id", "generator", "seed").iter_rows()}
-    counts = {"generated": 0, "skipped": 0}
+    have = {tuple(r) for r in run.read_or_empty("images").select("prompt_id", "generator", "seed").iter_rows()}
+    counts = GenerateResult()
     rows_all = prompts.rows()
     with state.split_between_processes(rows_all) as mine, run.command("generate", recipe.resolved()) as entry:
         for spec in recipe.generators:
             todo = [(pid, text, spec.seed + k) for pid, text in mine for k in range(spec.images_per_prompt)
                     if (pid, spec.name, spec.seed + k) not in have]
-            counts["skipped"] += len(mine) * spec.images_per_prompt - len(todo)
+            counts.skipped += len(mine) * spec.images_per_prompt - len(todo)
             if not todo:
                 continue
             pipe = load_generator(spec, "cuda" if torch.cuda.is_available() else "cpu")
@@ -100,12 +106,12 @@ def generate(run_dir, recipe: GenerateRecipe, *, limit: int | None = None,
                     iid, uri = store_image(run, chk)
                     rows.append({"image_id": iid, "prompt_id": pid, "uri": uri, "generator": spec.name, "seed": seed,
                                  "width": chk.width, "height": chk.height})
-                    counts["generated"] += 1
+                    counts.generated += 1
                     if on_image:
                         on_image(pid, spec.name, seed)
                 run.append("images", schema.frame("images", rows))
             del pipe
-        entry.update(counts)
+        entry.update(counts.to_dict())
     state.wait_for_everyone()
     if state.is_main_process:
         run.compact("images")

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from vprefer.errors import VpreferError
+
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
-class BadImage(ValueError):
+class BadImage(VpreferError, ValueError):
     """An image that cannot be used; the message says why (missing, empty, not an image, truncated)."""
 
 

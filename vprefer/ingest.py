@@ -32,6 +32,7 @@ from typing import Any
 import polars as pl
 
 from vprefer import ids, schema
+from vprefer.errors import InputError, MissingError, VpreferError
 from vprefer.images import BadImage, Checked, fetch_checked, read_checked
 from vprefer.store import Run, atomic_write_bytes
 
@@ -46,7 +47,9 @@ class IngestReport:
     dropped_prompts: list[int] = field(default_factory=list)
 
 
-class IngestError(ValueError):
+class IngestError(VpreferError, ValueError):
+    """Some images are bad and nothing was written; ``report`` lists them."""
+
     def __init__(self, report: IngestReport, message: str):
         super().__init__(message)
         self.report = report
@@ -55,7 +58,7 @@ class IngestError(ValueError):
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+        raise MissingError(f"manifest {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         rows = []
@@ -64,17 +67,17 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                    raise InputError(f"{path}:{n}: invalid JSON ({e.msg})") from None
     elif suffix == ".csv":
         rows = pl.read_csv(path, infer_schema=False).to_dicts()
     elif suffix == ".parquet":
         rows = pl.read_parquet(path).to_dicts()
     else:
-        raise ValueError(f"{path}: unknown manifest format {suffix!r}; use .jsonl, .csv or .parquet")
+        raise InputError(f"{path}: unknown manifest format {suffix!r}; use .jsonl, .csv or .parquet")
     for n, r in enumerate(rows, 1):
         missing = [c for c in ("prompt", "images") if r.get(c) in (None, "")]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{path}: row {n} lacks {', '.join(missing)}; each row needs 'prompt' and 'images' "
                 "(optional: generator, seeds, prompt_id, meta)"
             )

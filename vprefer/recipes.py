@@ -13,12 +13,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from vprefer.errors import VpreferError
+
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T", bound="Recipe")
 
 
-class RecipeError(ValueError):
-    pass
+class RecipeError(VpreferError, ValueError):
+    """A recipe or preset that cannot be used; the message names the file and the key."""
 
 
 class Recipe(BaseModel):

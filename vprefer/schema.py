@@ -12,6 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
+from vprefer.errors import VpreferError
+
 ASPECTS: tuple[str, ...] = ("prompt_following", "aesthetics", "fidelity", "harmlessness")
 """The four VisionPrefer aspects, in the order every report uses."""
 
@@ -99,7 +101,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 """Natural keys: a row with the same key is the same fact (used to deduplicate)."""
 
 
-class SchemaError(ValueError):
+class SchemaError(VpreferError, ValueError):
     """A table does not match its contract. The message names the file and the columns."""
 
 

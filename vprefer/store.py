@@ -21,6 +21,7 @@ parts already folded into a base are ignored until they are cleaned up.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -30,14 +31,16 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import polars as pl
 
 from vprefer import __version__, schema
+from vprefer.errors import MissingError
 from vprefer.secrets import redact
 
 _FILE = re.compile(r"^(base|part)-(\d{10})\.parquet$")
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
 _TRACKED_PACKAGES = (
     "torch", "transformers", "diffusers", "peft", "trl", "accelerate", "openai",
     "polars", "bitsandbytes", "label-studio-sdk", "scikit-learn", "pillow",
@@ -103,10 +106,17 @@ class Run:
             if not self.manifest_path.exists():
                 atomic_write_json(self.manifest_path, self._new_manifest())
         elif not self.manifest_path.exists():
-            raise FileNotFoundError(
+            raise MissingError(
                 f"{self.path} is not a vprefer run directory (no manifest.json); "
                 "create one with `vprefer ingest`, `vprefer import` or `vprefer prompts sample`"
             )
+
+    def __fspath__(self) -> str:
+        """A Run is path-like, so every function that takes a run folder takes a Run as well."""
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
 
     # ---------------------------------------------------------------- paths
     @property
@@ -123,9 +133,21 @@ class Run:
 
     def resolve_uri(self, uri: str) -> str | Path:
         """An image uri as stored: a URL is returned as is, a path relative to the run is made absolute."""
-        if re.match(r"^[a-z][a-z0-9+.-]*://", uri):
+        if _URL.match(uri):
             return uri
         return self.path / uri
+
+    def image_paths(self) -> pl.DataFrame:
+        """Image rows with their prompt text and ``path``, the absolute file to open (a URL stays a URL).
+
+        The one images -> prompts -> file join: reward data, ReFL, DPO, scoring, audits and exports all
+        need it, and a path resolved once here cannot disagree between them. Images whose prompt is
+        not in the run are left out (nothing could be asked about them).
+        """
+        root = self.path.resolve()
+        imgs = self.read("images").join(self.read("prompts").select("prompt_id", "prompt"), on="prompt_id")
+        paths = [u if _URL.match(u) else str(root / u) for u in imgs["uri"].to_list()]
+        return imgs.with_columns(pl.Series("path", paths, dtype=pl.String))
 
     # ---------------------------------------------------------------- tables
     def _files(self, name: str) -> tuple[Path | None, int, list[tuple[int, Path]]]:
@@ -171,6 +193,14 @@ class Run:
     def read(self, name: str) -> pl.DataFrame:
         return schema.validate(name, self.scan(name).collect(), self.table_dir(name))
 
+    def read_or_empty(self, name: str) -> pl.DataFrame:
+        """The table, or an empty frame with the table's schema when it was never written.
+
+        Says at the call site that an absent table is expected (a first run), so no caller
+        needs its own ``has`` check and typed empty frame.
+        """
+        return self.read(name) if self.has(name) else schema.empty(name)
+
     def write(self, name: str, df: pl.DataFrame) -> None:
         """Replace the whole table (atomically: old or new, never a mix)."""
         df = schema.validate(name, df)
@@ -201,6 +231,31 @@ class Run:
         finally:
             os.unlink(tmp)
         fsync_dir(d)
+
+    def replace_rows(self, name: str, frame: pl.DataFrame, key: str | Sequence[str], *,
+                     replacing: Iterable | pl.DataFrame | None = None) -> None:
+        """Replace the rows whose ``key`` matches and keep the rest, in one atomic :meth:`write`.
+
+        This is how one producer re-publishes its slice of a shared table (a judge's rankings,
+        a model's scores, Label Studio's tasks) without touching anyone else's rows. The slice
+        is the key values found in ``frame``, or exactly ``replacing`` (values of a single key,
+        or a frame of key columns) when rows may vanish, e.g. every human row when people's
+        judgements are pulled again. A crash leaves the old table or the new one, never a mix.
+        """
+        keys = [key] if isinstance(key, str) else list(key)
+        cols = list(schema.SCHEMAS[name])
+        frame = schema.validate(name, frame).select(cols)
+        if replacing is None:
+            drop = frame.select(keys).unique()
+        elif isinstance(replacing, pl.DataFrame):
+            drop = replacing.select(keys).unique()
+        else:
+            if len(keys) != 1:
+                raise TypeError("replacing= as a list of values needs a single key column")
+            drop = pl.DataFrame({keys[0]: list(replacing)}, schema={keys[0]: schema.SCHEMAS[name][keys[0]]})
+        old = self.read_or_empty(name).select(cols)
+        keep = old.with_row_index("_row").join(drop, on=keys, how="anti").sort("_row").drop("_row")
+        self.write(name, pl.concat([keep, frame], how="vertical_relaxed"))
 
     def compact(self, name: str, *, dedupe: bool = True) -> None:
         """Fold live parts into a new base; with ``dedupe`` keep the last row per natural key."""
@@ -276,6 +331,38 @@ class Run:
             m["counts"] = self.counts()
             m["updated"] = now()
             atomic_write_json(self.manifest_path, m)
+
+
+class Result:
+    """Base of the dataclasses the API returns instead of dicts.
+
+    ``result["field"]`` and ``result.get("field")`` still work, so code written against the
+    dict results keeps running; new code uses attributes.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def is_url(uri: str) -> bool:
+    """An image uri that names a server's file (kept as is) rather than a file in the run."""
+    return bool(_URL.match(uri))
+
+
+def as_run(run: Run | str | os.PathLike, *, create: bool = False) -> Run:
+    """The API takes a run as a :class:`Run` or as its folder; this is the one place that tells them apart."""
+    return run if isinstance(run, Run) else Run(run, create=create)
 
 
 def package_versions() -> dict[str, str]:

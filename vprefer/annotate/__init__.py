@@ -6,9 +6,11 @@ Public API::
     res = annotate("runs/a", AnnotatorPreset.load("gpt-4o"), max_cost=20.0)
 """
 
-from vprefer.annotate.pairs import build_pairs, position_bias, save_pairs
+from vprefer.annotate.pairs import PairsResult, build_pairs, make_pairs, position_bias, save_pairs
 from vprefer.annotate.preset import AnnotatorPreset
 from vprefer.annotate.rubric import Rubric
 from vprefer.annotate.runner import AnnotateResult, annotate
+from vprefer.annotate.status import BatchStatus, batch_status
 
-__all__ = ["AnnotatorPreset", "AnnotateResult", "Rubric", "annotate", "build_pairs", "position_bias", "save_pairs"]
+__all__ = ["AnnotatorPreset", "AnnotateResult", "BatchStatus", "PairsResult", "Rubric", "annotate", "batch_status",
+           "build_pairs", "make_pairs", "position_bias", "save_pairs"]

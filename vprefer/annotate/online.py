@@ -18,7 +18,8 @@ import openai
 
 from vprefer.annotate.preset import AnnotatorPreset
 from vprefer.annotate.records import done_record
-from vprefer.annotate.requests import JudgeRequest, chat_body, estimate_tokens
+from vprefer.annotate.estimate import Estimator
+from vprefer.annotate.requests import JudgeRequest, chat_body
 from vprefer.annotate.rubric import InvalidAnswer, Rubric
 from vprefer.images import BadImage
 from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, cost, send_all, short_error, usage
@@ -28,10 +29,11 @@ from vprefer.store import Run
 class OnlineRunner:
     def __init__(self, run: Run, preset: AnnotatorPreset, rubric: Rubric, ledger: Ledger, uris: dict[str, str],
                  *, run_id: str, report: Report, budget_usd: float | None = None,
-                 on_update: Callable[[Report], None] | None = None):
+                 on_update: Callable[[Report], None] | None = None, estimator: Estimator | None = None):
         self.run, self.preset, self.rubric, self.ledger, self.uris = run, preset, rubric, ledger, uris
         self.run_id, self.budget, self.report, self.on_update = run_id, budget_usd, report, on_update
         self.in_flight_before: set[str] = set()
+        self.est = estimator or Estimator.for_run(run, preset, rubric)
 
     async def ask(self, client: Client, req: JudgeRequest) -> Outcome:
         t0 = time.monotonic()
@@ -68,6 +70,8 @@ class OnlineRunner:
             req, annotator=self.preset.annotator_id, rubric=self.rubric.hash, scale_max=self.rubric.scale.max,
             run_id=self.run_id, status=status, judgement=judgement, raw=raw, usage=(tin, tout), cost_usd=c,
             latency_s=time.monotonic() - t0, attempts=attempts, error=error))
+        if status == "ok":
+            self.est.observe(req.n, tout)
         return Outcome(status, tin, tout, c)
 
     async def run_all(self, reqs: list[JudgeRequest]) -> Report:
@@ -76,4 +80,4 @@ class OnlineRunner:
             return await send_all(
                 reqs, lambda r: self.ask(client, r), ledger=self.ledger, report=self.report,
                 concurrency=self.preset.concurrency, budget=self.budget, on_update=self.on_update,
-                estimate=lambda r: cost(self.preset, *estimate_tokens(r, self.preset, self.rubric), batch=False))
+                estimate=lambda r: self.est.cost(r, batch=False, upper=True))  # calibrated, updated as answers land

@@ -19,39 +19,43 @@ seconds (benchmarks/pairs_scale.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 from vprefer import schema
-from vprefer.store import Run
+from vprefer.errors import InputError
+from vprefer.store import Result, Run, as_run
 
 
 def parse_overall(spec: str, aspects: list[str]) -> dict[str, float]:
     if spec == "mean":
         return {a: 1.0 for a in aspects}
     if not spec.startswith("weights:"):
-        raise ValueError(f"--overall must be 'mean' or 'weights:a=1,b=2', got {spec!r}")
+        raise InputError(f"--overall must be 'mean' or 'weights:a=1,b=2', got {spec!r}")
     out = {}
     for item in spec[len("weights:"):].split(","):
         k, _, v = item.partition("=")
         if k.strip() not in aspects:
-            raise ValueError(f"--overall weight for unknown aspect {k.strip()!r}; aspects: {', '.join(aspects)}")
+            raise InputError(f"--overall weight for unknown aspect {k.strip()!r}; aspects: {', '.join(aspects)}")
         out[k.strip()] = float(v)
     if not any(out.values()):
-        raise ValueError("--overall weights are all zero")
+        raise InputError("--overall weights are all zero")
     return out
 
 
 def judgements(run: Run, annotators: list[str] | None, overall: str) -> tuple[pl.LazyFrame, str]:
+    run = as_run(run)
     ann = run.scan("annotations").filter(pl.col("status") == "ok")
     have = ann.select(pl.col("annotator").unique()).collect()["annotator"].to_list()
     if annotators:
         missing = set(annotators) - set(have)
         if missing:
-            raise ValueError(f"no ok annotations from {sorted(missing)}; annotators here: {sorted(have)}")
+            raise InputError(f"no ok annotations from {sorted(missing)}; annotators here: {sorted(have)}")
         ann = ann.filter(pl.col("annotator").is_in(annotators))
         have = annotators
     if not have:
-        raise ValueError(f"{run.path}: no successful annotations yet; run `vprefer annotate` first")
+        raise InputError(f"{run.path}: no successful annotations yet; run `vprefer annotate` first")
     aspects = ann.select(pl.col("aspect").unique().sort()).collect()["aspect"].to_list()
     w = parse_overall(overall, aspects)
     j = ann.select("request_id", "prompt_id", "image_id", "aspect", "score")
@@ -66,7 +70,8 @@ def judgements(run: Run, annotators: list[str] | None, overall: str) -> tuple[pl
 
 def build_pairs(run: Run, *, overall: str = "mean", min_margin: float = 0.0,
                 annotators: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    j, label = judgements(run, annotators, overall)
+    """Rankings and pairs from the ``ok`` annotations, without writing them (see :func:`make_pairs`)."""
+    j, label = judgements(as_run(run), annotators, overall)
     a = j.rename({"image_id": "a", "score": "sa"})
     b = j.select("request_id", "aspect", pl.col("image_id").alias("b"), pl.col("score").alias("sb"))
     d = (a.join(b, on=["request_id", "aspect"]).filter(pl.col("a") < pl.col("b"))
@@ -100,10 +105,29 @@ def build_pairs(run: Run, *, overall: str = "mean", min_margin: float = 0.0,
 
 def save_pairs(run: Run, rankings: pl.DataFrame, pairs: pl.DataFrame) -> None:
     """Replace this annotator label's rows, keep everyone else's (e.g. imported human rankings)."""
+    run = as_run(run)
     for name, new in (("rankings", rankings), ("pairs", pairs)):
-        labels = new["annotator"].unique().to_list()
-        old = run.read(name).filter(~pl.col("annotator").is_in(labels)) if run.has(name) else schema.empty(name)
-        run.write(name, pl.concat([old, new.select(list(schema.SCHEMAS[name]))], how="vertical_relaxed"))
+        run.replace_rows(name, new, "annotator")
+
+
+@dataclass
+class PairsResult(Result):
+    rankings: pl.DataFrame
+    pairs: pl.DataFrame
+
+    @property
+    def ties(self) -> int:
+        return int(self.pairs["tie"].sum())
+
+
+def make_pairs(run: Run | str, *, overall: str = "mean", min_margin: float = 0.0,
+               annotators: list[str] | None = None) -> PairsResult:
+    """:func:`build_pairs` then :func:`save_pairs`, recorded in the manifest as the ``pairs`` command."""
+    run = as_run(run)
+    rankings, pairs = build_pairs(run, overall=overall, min_margin=min_margin, annotators=annotators)
+    with run.command("pairs", {"overall": overall, "min_margin": min_margin, "annotators": annotators}):
+        save_pairs(run, rankings, pairs)
+    return PairsResult(rankings, pairs)
 
 
 def judge_scores(annotations: pl.DataFrame, model: str = "judge") -> pl.DataFrame:
@@ -115,7 +139,7 @@ def judge_scores(annotations: pl.DataFrame, model: str = "judge") -> pl.DataFram
 
 def position_bias(run: Run, annotator: str | None = None) -> pl.DataFrame:
     """Mean score by shown position minus the overall mean, per aspect (0 everywhere = no bias)."""
-    ann = run.scan("annotations").filter(pl.col("status") == "ok")
+    ann = as_run(run).scan("annotations").filter(pl.col("status") == "ok")
     if annotator:
         ann = ann.filter(pl.col("annotator") == annotator)
     return (ann.with_columns(pl.col("score").mean().over("aspect").alias("_mu"))

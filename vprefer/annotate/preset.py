@@ -51,7 +51,8 @@ class AnnotatorPreset(Recipe):
                                                        "a crash can be fetched back instead of paid again")
     rubric: str = "visionprefer-v1"
     permutations: int = Field(1, ge=1, le=24)
-    output_tokens_per_image: int = Field(320, ge=1, description="estimate used by --dry-run and --max-cost")
+    output_tokens_per_image: Optional[int] = Field(None, ge=1, description="override the output estimate (default: "
+                                                   "this run's measured answers, else the rubric's answer shape)")
     prices: Prices = Prices()
     batch: BatchSettings = BatchSettings()
 

@@ -85,9 +85,9 @@ def image_tokens(w: int, h: int, detail: str) -> int:
     return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
 
 
-def estimate_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) -> tuple[int, int]:
-    """(input, output) token estimate. Text at ~4 characters a token (a documented heuristic: no
-    tokenizer download is possible offline); images by the detail rule at the re-encoded size."""
+def input_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) -> int:
+    """Input token estimate. Text at ~4 characters a token (a documented heuristic: no tokenizer download is
+    possible offline); images by the detail rule at the re-encoded size. Output: ``annotate.estimate``."""
     text = len(rubric.system_text(inline_schema=None if preset.structured_output else rubric.json_schema()))
     text += len(rubric.user_text(req.prompt, req.n)) + 12 * req.n
     if preset.structured_output:
@@ -96,7 +96,7 @@ def estimate_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) 
     for w, h in req.sizes:
         s = min(1.0, preset.max_side / max(w, h))
         img += image_tokens(max(1, round(w * s)), max(1, round(h * s)), preset.image_detail)
-    return text // 4 + img + 10, preset.output_tokens_per_image * req.n + 40
+    return text // 4 + img + 10
 
 
 def chat_body(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric, run: Run, uris: dict[str, str]) -> dict:

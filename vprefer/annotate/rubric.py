@@ -43,6 +43,7 @@ class Rubric(Recipe):
     system: str
     aspects: dict[str, str]
     user: str = 'Prompt: "{prompt}"\nThere are {n} images, shown below as Image 1 to Image {n}.'
+    rationale_tokens: int = 45  # expected length of one rationale (2-3 sentences), for cost estimates only
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "Rubric":
@@ -51,7 +52,8 @@ class Rubric(Recipe):
     @property
     def hash(self) -> str:
         """Content hash recorded on every annotation row (12 hex chars)."""
-        blob = json.dumps(self.resolved(), sort_keys=True).encode()
+        what = {k: v for k, v in self.resolved().items() if k != "rationale_tokens"}  # estimates do not change answers
+        blob = json.dumps(what, sort_keys=True).encode()
         return f"{self.name}@{hashlib.sha256(blob).hexdigest()[:12]}"
 
     def _fmt(self, text: str) -> str:

@@ -27,9 +27,10 @@ from vprefer.annotate.online import OnlineRunner
 from vprefer.annotate.pairs import position_bias
 from vprefer.annotate.preset import AnnotatorPreset
 from vprefer.annotate.records import fold, ledger_for
-from vprefer.annotate.requests import JudgeRequest, estimate_tokens, image_uris, pending, plan
+from vprefer.annotate.estimate import Estimator
+from vprefer.annotate.requests import image_uris, pending, plan
 from vprefer.annotate.rubric import Rubric
-from vprefer.llm import Report, cost
+from vprefer.llm import Report
 from vprefer.store import Run
 
 
@@ -49,14 +50,6 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def estimate(reqs: list[JudgeRequest], preset: AnnotatorPreset, rubric: Rubric) -> tuple[int, int, float]:
-    tin = tout = 0
-    for r in reqs:
-        i, o = estimate_tokens(r, preset, rubric)
-        tin, tout = tin + i, tout + o
-    return tin, tout, cost(preset, tin, tout, batch=preset.mode == "batch")
-
-
 def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = False, max_cost: float | None = None,
              limit: int | None = None, wait: bool = True, progress: bool = False,
              poll_s: float | None = None, wait_timeout_s: float | None = None) -> AnnotateResult:
@@ -68,7 +61,9 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     reqs = plan(run, preset, rubric, limit=limit)
     todo = pending(reqs, ledger.done)
     res = AnnotateResult(planned=len(reqs), already_done=len(reqs) - len(todo), todo=len(todo), dry_run=dry_run)
-    res.est_input_tokens, res.est_output_tokens, res.est_cost_usd = estimate(todo, preset, rubric)
+    est = Estimator.for_run(run, preset, rubric)
+    res.est_input_tokens, res.est_output_tokens, res.est_cost_usd = est.total(todo)
+    res.est_basis = est.basis
     if dry_run or not todo:
         res.spent_total_usd = ledger.spent_usd
         res.bias = position_bias(run, preset.annotator_id) if run.has("annotations") else None
@@ -76,7 +71,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     if preset.mode == "batch" and max_cost is not None:  # a batch is paid whole: submit only what fits
         keep, acc = [], ledger.spent_usd
         for r in todo:
-            c = cost(preset, *estimate_tokens(r, preset, rubric), batch=True)
+            c = est.cost(r, batch=True, upper=True)
             if acc + c > max_cost:
                 res.stopped_for_budget = True
                 break
@@ -99,7 +94,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                                rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd)
 
                 runner = OnlineRunner(run, preset, rubric, ledger, image_uris(run), run_id=run_id, report=res,
-                                      budget_usd=max_cost, on_update=update)
+                                      budget_usd=max_cost, on_update=update, estimator=est)
                 asyncio.run(runner.run_all(todo))
             else:
                 batches = BatchRunner(run, preset, rubric, ledger, run_id=run_id, report=res,

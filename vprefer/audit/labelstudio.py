@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,21 +21,22 @@ import polars as pl
 
 from vprefer import schema
 from vprefer.audit.interfaces import sets_xml
+from vprefer.errors import ServiceError
 from vprefer.ids import short_hash
 from vprefer.rankings import ranking_pairs
-from vprefer.store import Run, atomic_write_json
+from vprefer.store import Result, Run, as_run, atomic_write_json
 
 
-class AuditError(RuntimeError):
-    pass
+class AuditError(ServiceError):
+    """Label Studio is down, refuses the token, or lost the project; or the audit was asked something impossible."""
 
 
 def _state_path(run: Run) -> Path:
     return run.subdir("state") / "label_studio.json"
 
 
-def load_state(run: Run) -> dict:
-    p = _state_path(run)
+def load_state(run: Run | str | Path) -> dict:
+    p = _state_path(as_run(run))
     return json.loads(p.read_text()) if p.exists() else {"tasks": {}}
 
 
@@ -74,14 +76,18 @@ def _project(client, run: Run, state: dict, k: int, show_ai: bool):
                                   description="vprefer human audit: rate each image on four aspects, rank the set.")
 
 
-def image_sets(run: Run) -> pl.DataFrame:
-    return (run.read("images").sort("prompt_id", "image_id").group_by("prompt_id", maintain_order=True)
-            .agg(pl.col("image_id").alias("image_ids"), pl.col("uri").alias("uris"))
-            .join(run.read("prompts").select("prompt_id", "prompt", "meta"), on="prompt_id"))
+def image_sets(run: Run | str | Path) -> pl.DataFrame:
+    """One row per prompt: its image ids, uris and absolute paths (sorted by image id), prompt text and meta."""
+    run = as_run(run)
+    return (run.image_paths().sort("prompt_id", "image_id").group_by("prompt_id", maintain_order=True)
+            .agg(pl.col("image_id").alias("image_ids"), pl.col("uri").alias("uris"), pl.col("path").alias("paths"),
+                 pl.col("prompt").first())
+            .join(run.read("prompts").select("prompt_id", "meta"), on="prompt_id"))
 
 
-def select(run: Run, n: int, strategy: str, seed: int = 0) -> list[str]:
+def select(run: Run | str | Path, n: int, strategy: str, seed: int = 0) -> list[str]:
     """Prompt ids of the image sets to audit."""
+    run = as_run(run)
     sets = image_sets(run)
     ids = sets["prompt_id"].to_list()
     rng = random.Random(seed)
@@ -128,13 +134,21 @@ def _ai_summary(run: Run, pid: str, image_ids: list[str]) -> str:
     return "AI judge - " + " | ".join(parts)
 
 
-def push(run_dir, url: str, *, n: int, strategy: str = "random", show_ai: bool = False, inline: bool = False,
-         seed: int = 0, token: str | None = None, document_root: str | Path = "/") -> dict:
+@dataclass
+class PushResult(Result):
+    project_id: int
+    imported: int  # tasks created now
+    already_there: int  # chosen image sets the project had from an earlier push
+    url: str  # where people annotate
+
+
+def push(run_dir: Run | str | Path, url: str, *, n: int, strategy: str = "random", show_ai: bool = False,
+         inline: bool = False, seed: int = 0, token: str | None = None, document_root: str | Path = "/") -> PushResult:
     """``document_root`` must be the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (``audit server start
     --document-root``): local-files URLs are resolved against it."""
     from vprefer.images import jpeg_data_url
 
-    run = Run(run_dir)
+    run = as_run(run_dir)
     root = Path(document_root).resolve()
     state = load_state(run)
     chosen = select(run, n, strategy, seed)
@@ -154,8 +168,8 @@ def push(run_dir, url: str, *, n: int, strategy: str = "random", show_ai: bool =
         data = {"prompt": r["prompt"], "vprefer_set": r["prompt_id"], "vprefer_images": r["image_ids"],
                 "items": [{"id": str(i), "title": f"Image {i}", "body": ""} for i in range(1, len(r["image_ids"]) + 1)]}
         for i in range(1, k + 1):
-            if i <= len(r["uris"]):
-                path = (run.path / r["uris"][i - 1]).resolve()
+            if i <= len(r["paths"]):
+                path = Path(r["paths"][i - 1]).resolve()
                 if not inline and not path.is_relative_to(root):
                     raise AuditError(f"{path} is outside the Label Studio document root {root}; pass the root the "
                                      "server was started with (--document-root), or --inline")
@@ -177,8 +191,7 @@ def push(run_dir, url: str, *, n: int, strategy: str = "random", show_ai: bool =
     for tid, (pid, iids) in zip(ids, order):
         state["tasks"][str(tid)] = {"prompt_id": pid, "image_ids": iids}
     atomic_write_json(_state_path(run), state)
-    return {"project_id": project.id, "imported": len(tasks), "already_there": len(chosen) - len(tasks),
-            "url": f"{url}/projects/{project.id}/data"}
+    return PushResult(project.id, len(tasks), len(chosen) - len(tasks), f"{url}/projects/{project.id}/data")
 
 
 def _annotator_hash(url: str, user_id) -> str:
@@ -202,8 +215,17 @@ def parse_result(result: list[dict], image_ids: list[str]) -> tuple[list[tuple[s
     return ratings, ranked
 
 
-def pull(run_dir, url: str | None = None, *, token: str | None = None) -> dict:
-    run = Run(run_dir)
+@dataclass
+class PullResult(Result):
+    annotations: int  # completed annotations (task x person)
+    rows: int  # rows of the human table they became
+    annotators: int
+    tasks_missing: int  # tasks deleted on the server since the push
+
+
+def pull(run_dir: Run | str | Path, url: str | None = None, *, token: str | None = None) -> PullResult:
+    """People's judgements of every pushed task replace that task's rows; human rankings/pairs are rebuilt."""
+    run = as_run(run_dir)
     state = load_state(run)
     if "project_id" not in state:
         raise AuditError(f"{run_dir}: nothing pushed to Label Studio yet; run `vprefer audit push` first")
@@ -236,17 +258,14 @@ def pull(run_dir, url: str | None = None, *, token: str | None = None) -> dict:
                 rows.append({"task_id": int(tid), "annotator": who, "prompt_id": info["prompt_id"], "image_id": iid,
                              "aspect": schema.OVERALL, "score": None, "rank": pos})
     new = schema.frame("human", rows)
-    tids = [int(t) for t in state["tasks"]]
-    old = run.read("human").filter(~pl.col("task_id").is_in(tids)) if run.has("human") else schema.empty("human")
-    human = pl.concat([old, new])
-    rk, pairs = human_pairs(human)
     with run.command("audit pull", {"base_url": url, "project_id": state["project_id"]}):
-        run.write("human", human)
+        # every pushed task is replaced, also by nothing: a task whose annotations were deleted loses its rows
+        run.replace_rows("human", new, "task_id", replacing=[int(t) for t in state["tasks"]])
+        rk, pairs = human_pairs(run.read("human"))
         for name, frame in (("rankings", rk), ("pairs", pairs)):
-            keep = run.read(name).filter(pl.col("annotator") != schema.HUMAN) if run.has(name) else schema.empty(name)
-            run.write(name, pl.concat([keep, frame]))
-    return {"annotations": new.select("task_id", "annotator").unique().height, "rows": new.height,
-            "annotators": new["annotator"].n_unique(), "tasks_missing": missing}
+            run.replace_rows(name, frame, "annotator", replacing=[schema.HUMAN])
+    return PullResult(new.select("task_id", "annotator").unique().height, new.height, new["annotator"].n_unique(),
+                      missing)
 
 
 def human_pairs(human: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -11,6 +11,7 @@ import polars as pl
 from sklearn.metrics import cohen_kappa_score
 
 from vprefer import schema
+from vprefer.errors import InputError
 from vprefer.annotate.pairs import judge_scores
 from vprefer.rankings import ranking_pairs
 from vprefer.metrics import kendall_per_prompt, pair_metrics
@@ -93,11 +94,11 @@ def alpha_all_raters(human: pl.DataFrame, judge: pl.DataFrame, aspect: str) -> f
 
 
 def agreement(run, model=None, n_boot: int = 1000, seed: int = 0) -> dict:
-    from vprefer.store import Run
+    from vprefer.store import as_run
 
-    run = run if isinstance(run, Run) else Run(run)
+    run = as_run(run)
     if not run.has("human"):
-        raise ValueError(f"{run.path}: no human judgements; run `vprefer audit pull` first")
+        raise InputError(f"{run.path}: no human judgements; run `vprefer audit pull` first")
     human = run.read("human")
     gold = run.read("pairs").filter(pl.col("annotator") == schema.HUMAN)
     gold_rk = run.read("rankings").filter(pl.col("annotator") == schema.HUMAN)

@@ -21,14 +21,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from vprefer.errors import ServiceError
 from vprefer.recipes import REPO
 
 DEFAULT_VENV = REPO / ".venv-ls"
 DEFAULT_DATA = REPO / ".label-studio"
 
 
-class ServerError(RuntimeError):
-    pass
+class ServerError(ServiceError):
+    """The local Label Studio cannot be installed, started or stopped."""
 
 
 @dataclass

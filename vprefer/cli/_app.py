@@ -9,6 +9,7 @@ from typing import Callable
 import typer
 from rich.console import Console
 
+from vprefer.errors import VpreferError
 from vprefer.secrets import redact
 
 app = typer.Typer(
@@ -26,9 +27,6 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-EXPECTED: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
-                                             KeyError, RuntimeError)
-
 
 def fail(message: str, code: int = 1) -> None:
     console.print(f"[bold red]error:[/] {redact(str(message))}", highlight=False, markup=True)
@@ -36,7 +34,8 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Expected failures print one redacted line and exit 1; anything else keeps its traceback."""
+    """A :class:`VpreferError` (a mistake the user can fix) prints one redacted line and exits 1;
+    anything else is a bug and keeps its traceback, so it is never hidden behind a tidy message."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -47,8 +46,7 @@ def friendly(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: everything answered so far is saved; rerun the same command to resume")
             sys.exit(130)
-        except EXPECTED as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            fail(str(msg))
+        except VpreferError as e:
+            fail(str(e))
 
     return wrapper

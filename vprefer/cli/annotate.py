@@ -10,11 +10,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vprefer.annotate import AnnotatorPreset, annotate as annotate_api, build_pairs, save_pairs
-from vprefer.annotate.batch import BatchRunner
-from vprefer.annotate.rubric import Rubric
+from vprefer.annotate import AnnotatorPreset, annotate as annotate_api, make_pairs
+from vprefer.annotate.status import batch_status
 from vprefer.cli._app import app, fail, friendly, out
-from vprefer.llm import FatalAPIError, Journal
+from vprefer.llm import FatalAPIError
 from vprefer.store import Run
 
 
@@ -60,6 +59,8 @@ def annotate(
     t.add_row("to send" if res.dry_run else "sent this time", f"{res.todo:,}")
     t.add_row("estimated tokens (in / out)", f"{res.est_input_tokens:,} / {res.est_output_tokens:,}")
     t.add_row("estimated cost", f"${res.est_cost_usd:.4f}")
+    if res.est_basis:
+        t.add_row("estimate basis", res.est_basis)
     if not res.dry_run:
         t.add_row("ok / invalid / error", f"{res.ok} / {res.invalid} / {res.error}")
         if res.recovered:
@@ -84,17 +85,14 @@ def batches(
     annotator: str = typer.Option(..., "--annotator", help="Preset name or path (batch mode)."),
 ) -> None:
     """Status of the Batch API jobs submitted for a run."""
-    preset = _preset(annotator)
-    run = Run(run_dir)
-    with Journal(run, preset.slug) as j:
-        rows = BatchRunner(run, preset, Rubric.load(preset.rubric), j, run_id="status").status_rows()
+    rows = batch_status(run_dir, _preset(annotator))
     if not rows:
         out.print("no batches submitted for this annotator")
         return
     t = Table("batch", "chunk", "requests", "status", "collected", "completed/failed", title="batches")
     for r in rows:
-        c = r["counts"] or {}
-        t.add_row(r["batch_id"] or "-", r["chunk"], str(r["requests"]), r["status"], "yes" if r["collected"] else "no",
+        c = r.counts or {}
+        t.add_row(r.batch_id or "-", r.chunk, str(r.requests), r.status, "yes" if r.collected else "no",
                   f"{c.get('completed', '-')}/{c.get('failed', '-')}")
     out.print(t)
 
@@ -112,10 +110,8 @@ def pairs(
     run = Run(run_dir)
     t0 = time.perf_counter()
     names = [a.strip() for a in annotators.split(",")] if annotators else None
-    rk, pr = build_pairs(run, overall=overall, min_margin=min_margin, annotators=names)
-    with run.command("pairs", {"overall": overall, "min_margin": min_margin, "annotators": names}):
-        save_pairs(run, rk, pr)
-    out.print(f"{rk.height:,} rankings, {pr.height:,} pairs ({int(pr['tie'].sum()):,} ties) "
+    r = make_pairs(run, overall=overall, min_margin=min_margin, annotators=names)
+    out.print(f"{r.rankings.height:,} rankings, {r.pairs.height:,} pairs ({r.ties:,} ties) "
               f"in {time.perf_counter() - t0:.2f}s")
 
 

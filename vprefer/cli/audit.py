@@ -59,8 +59,8 @@ def push_cmd(
 
     r = push(run_dir, url, n=n, strategy=strategy, show_ai=show_ai, inline=inline, seed=seed,
              document_root=document_root)
-    out.print(f"project {r['project_id']}: imported {r['imported']} tasks ({r['already_there']} already there); "
-              f"annotate at {r['url']}")
+    out.print(f"project {r.project_id}: imported {r.imported} tasks ({r.already_there} already there); "
+              f"annotate at {r.url}")
 
 
 @audit.command("pull")
@@ -70,8 +70,8 @@ def pull_cmd(run_dir: Path = typer.Argument(...), url: Optional[str] = typer.Opt
     from vprefer.audit import pull
 
     r = pull(run_dir, url)
-    out.print(f"pulled {r['annotations']} annotations ({r['rows']} rows) from {r['annotators']} annotators"
-              + (f"; {r['tasks_missing']} tasks no longer exist" if r["tasks_missing"] else ""))
+    out.print(f"pulled {r.annotations} annotations ({r.rows} rows) from {r.annotators} annotators"
+              + (f"; {r.tasks_missing} tasks no longer exist" if r.tasks_missing else ""))
 
 
 @audit.command("report")

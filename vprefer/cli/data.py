@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import polars as pl
 import typer
 from rich.table import Table
 
 from vprefer import exchange, schema
 from vprefer.cli._app import app, console, fail, friendly, out
+from vprefer.info import summarize
 from vprefer.ingest import IngestError, ingest as ingest_api
-from vprefer.store import Run
 
 
 @app.command()
@@ -57,8 +56,8 @@ def import_(
 ) -> None:
     """Import human preference data; it lands in rankings/pairs with annotator 'human', aspect 'overall'."""
     c = exchange.import_file(file, out_dir, fmt, images_root)
-    out.print(f"imported {c['prompts']} prompts, {c['images']} images, {c['rankings']} rankings, "
-              f"{c['pairs']} pairs ({c['ties']} ties) into {out_dir}")
+    out.print(f"imported {c.prompts} prompts, {c.images} images, {c.rankings} rankings, "
+              f"{c.pairs} pairs ({c.ties} ties) into {out_dir}")
 
 
 @app.command()
@@ -80,33 +79,23 @@ def export(
 @friendly
 def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Summary of a run: rows per table, annotators, aspects, annotation status and cost so far."""
-    run = Run(run_dir)
-    counts = run.counts()
+    s = summarize(run_dir)
     t = Table("table", "rows", title=f"run {run_dir}")
-    for name, n in counts.items():
+    for name, n in s.counts.items():
         t.add_row(name, f"{n:,}")
     out.print(t)
-    if counts.get("annotations"):
-        ann = run.scan("annotations")
-        per = (ann.group_by("annotator", "status").agg(
-            pl.col("request_id").n_unique().alias("requests"), pl.col("cost_usd").sum().alias("cost"),
-            pl.col("input_tokens").sum().alias("in_tok"), pl.col("output_tokens").sum().alias("out_tok"),
-        ).sort("annotator", "status").collect())
+    if s.counts.get("annotations"):
         t = Table("annotator", "status", "requests", "input tokens", "output tokens", "cost (USD)",
                   title="annotations")
-        for r in per.iter_rows(named=True):
-            t.add_row(r["annotator"], r["status"], f"{r['requests']:,}", f"{r['in_tok']:,}", f"{r['out_tok']:,}",
-                      f"{r['cost']:.4f}")
+        for r in s.annotations:
+            t.add_row(r.annotator, r.status, f"{r.requests:,}", f"{r.input_tokens:,}", f"{r.output_tokens:,}",
+                      f"{r.cost_usd:.4f}")
         out.print(t)
-        aspects = ann.select(pl.col("aspect").unique().sort()).collect().to_series().to_list()
-        out.print("aspects: " + ", ".join(a for a in aspects if a))
-    for name in ("rankings", "pairs"):
-        if counts.get(name):
-            g = run.scan(name).group_by("annotator", "aspect").len().sort("annotator", "aspect").collect()
-            out.print(f"{name}: " + ", ".join(f"{a}/{s}={n:,}" for a, s, n in g.rows()))
-    m = run.manifest()
-    out.print(f"created {m.get('created')}, {len(m.get('commands', []))} commands recorded; "
-              f"total annotation cost so far: ${sum(c.get('cost_usd', 0) or 0 for c in m.get('commands', [])):.4f}")
+        out.print("aspects: " + ", ".join(a for a in s.aspects if a))
+    for name, g in s.groups.items():
+        out.print(f"{name}: " + ", ".join(f"{a}/{asp}={n:,}" for a, asp, n in g))
+    out.print(f"created {s.created}, {s.commands} commands recorded; "
+              f"total annotation cost so far: ${s.recorded_cost_usd:.4f}")
 
 
 @app.command()

@@ -33,10 +33,10 @@ def sample(
 
     r = sample_prompts(source, out_dir, n=n, seed=seed, fmt=fmt, dedupe_prompts=dedupe, drop_nsfw=drop_nsfw,
                        stratify=stratify)
-    extra = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("read", "written", "per_stratum"))
-    out.print(f"read {r['read']:,} prompts, wrote {r['written']:,} to {out_dir}" + (f" ({extra})" if extra else ""))
-    if r.get("per_stratum"):
-        out.print("per stratum: " + ", ".join(f"{k}={v}" for k, v in r["per_stratum"].items()))
+    extra = ", ".join(f"{k} {v}" for k, v in r.dropped.items())
+    out.print(f"read {r.read:,} prompts, wrote {r.written:,} to {out_dir}" + (f" ({extra})" if extra else ""))
+    if r.per_stratum:
+        out.print("per stratum: " + ", ".join(f"{k}={v}" for k, v in r.per_stratum.items()))
 
 
 @prompts_app.command("upsample")
@@ -49,6 +49,7 @@ def upsample_cmd(
     limit: Optional[int] = typer.Option(None, "--limit"),
     base_url: Optional[str] = typer.Option(None, "--base-url"),
     model: Optional[str] = typer.Option(None, "--model"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show how many rewrites and their estimated cost; send nothing."),
 ) -> None:
     """Rewrite each short prompt into a detailed one with an LLM; originals are kept and linked. Resumable."""
     from vprefer.annotate.preset import AnnotatorPreset
@@ -60,7 +61,11 @@ def upsample_cmd(
         p = LocalRewriter(annotator.removeprefix("local:"))
     else:
         p = AnnotatorPreset.load(annotator, base_url=base_url, model=model)
-    r = upsample(run_dir, p, style=style, max_cost=max_cost, limit=limit)
+    r = upsample(run_dir, p, style=style, max_cost=max_cost, limit=limit, dry_run=dry_run)
+    if dry_run:
+        out.print(f"{r.planned} prompts: {r.already_done} already upsampled, {r.todo} to send, estimated "
+                  f"${r.est_cost_usd:.4f}; dry run: nothing was sent")
+        return
     out.print(f"{r.planned} prompts: {r.already_done} already upsampled, {r.ok} new, {r.error} failed "
               f"(rerun to retry), ${r.cost_usd:.4f}" + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
 
@@ -80,4 +85,4 @@ def generate(
     rec = GenerateRecipe.load(recipe)
     ensure_generators(rec)
     c = gen(run_dir, rec, limit=limit)
-    out.print(f"generated {c['generated']:,} images, skipped {c['skipped']:,} already present")
+    out.print(f"generated {c.generated:,} images, skipped {c.skipped:,} already present")

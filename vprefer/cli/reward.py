@@ -10,9 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from vprefer import schema
 from vprefer.cli._app import app, fail, friendly, out
-from vprefer.store import Run
 
 
 @app.command("train-reward")
@@ -99,23 +97,20 @@ def score(
 ) -> None:
     """Score images: a whole run (writes the 'scores' table) or ad-hoc files with --prompt."""
     from vprefer.reward import VPScore
-    from vprefer.reward.evaluate import score_images
+    from vprefer.reward.scoring import score_run
 
     if (run_dir is None) == (prompt is None):
         fail("give either --run RUN, or --prompt TEXT with image files")
-    rm = VPScore.from_pretrained(model)
     if run_dir is not None:
-        run = Run(run_dir)
-        sc = score_images(rm, run, batch_size=batch_size)
-        with run.command("score", {"model": model}):
-            import polars as pl
-
-            old = run.read("scores").filter(pl.col("model") != sc["model"][0]) if run.has("scores") else schema.empty("scores")
-            run.write("scores", pl.concat([old, sc]))
-        out.print(f"scored {sc['image_id'].n_unique():,} images x {len(rm.aspects)} aspects into {run_dir}/tables/scores")
+        r = score_run(model, run_dir, batch_size=batch_size)
+        out.print(f"scored {r.images:,} images x {len(r.aspects)} aspects into {run_dir}/tables/scores")
         return
+    rm = VPScore.from_pretrained(model)
     if not images:
         fail("no image files given")
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        fail(f"{missing[0]}: no such image file")
     s = rm.score([prompt] * len(images), [str(p) for p in images], batch_size=batch_size)
     t = Table("image", *rm.aspects, title="VP-Score (0 = average training image, +1 = one std better)")
     for k, p in enumerate(images):

@@ -7,30 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import polars as pl
 import typer
 
 from vprefer.cli._app import app, friendly, out
-from vprefer.store import Run
+from vprefer.prompts.sources import read_prompts
 
 rl = typer.Typer(help="Fine-tune a diffusers generator against VP-Score (ReFL) or on preference pairs (Diffusion-DPO). "
                       "`accelerate launch -m vprefer rl ...` runs on several GPUs.", no_args_is_help=True)
 app.add_typer(rl, name="rl")
-
-
-def read_prompts(src: Path) -> list[str]:
-    """Prompts from a run directory, a .txt (one per line), .jsonl/.csv/.parquet with a 'prompt' column."""
-    if src.is_dir():
-        return Run(src).read("prompts")["prompt"].to_list()
-    if src.suffix == ".txt":
-        return [x.strip() for x in src.read_text().splitlines() if x.strip()]
-    df = {".jsonl": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}.get(src.suffix)
-    if df is None:
-        raise ValueError(f"{src}: prompts must be a run directory, .txt, .jsonl, .csv or .parquet")
-    d = df(src)
-    if "prompt" not in d.columns:
-        raise ValueError(f"{src}: no 'prompt' column (columns: {d.columns})")
-    return d["prompt"].to_list()
 
 
 def _report(history: list[dict], out_dir: Path) -> None:

@@ -10,15 +10,7 @@ import typer
 
 from vprefer.cli._app import friendly, out
 from vprefer.cli.rl import rl
-
-
-def _prompts(src: Path) -> list[str]:
-    from vprefer.prompts.sources import read_source
-    from vprefer.store import Run
-
-    if src.is_dir():
-        return Run(src).read("prompts")["prompt"].to_list()
-    return read_source(src)["prompt"].to_list()
+from vprefer.prompts.sources import read_prompts
 
 
 @rl.command("prompts")
@@ -41,11 +33,11 @@ def prompts_cmd(
     from vprefer.rl.prompt_opt import PromptOptConfig, PromptOptTrainer
     from vprefer.testing.stand_ins import ensure_causal_lm, ensure_pipeline
 
-    ev = _prompts(eval_prompts) if eval_prompts else None
+    ev = read_prompts(eval_prompts) if eval_prompts else None
     cfg = load_config(PromptOptConfig, recipe, "rl", output_dir=str(out_dir), max_steps=max_steps, eval_prompts=ev)
     ensure_causal_lm(cfg.policy, cfg.create_tiny_if_missing)
     ensure_pipeline(cfg.generator["pretrained"], bool(cfg.generator.get("create_tiny_if_missing")))
-    s = PromptOptTrainer(cfg, prompts=_prompts(prompts), reward=reward, holdout_reward=holdout_reward).train()
+    s = PromptOptTrainer(cfg, prompts=read_prompts(prompts), reward=reward, holdout_reward=holdout_reward).train()
     r = s["train/rewards"]
     if r:
         out.print(f"GRPO reward (mean over each logged group) {r[0]:+.4f} -> {r[-1]:+.4f} over {len(r)} logs")

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, Generic, Protocol, TypeVar
 
+from vprefer.errors import InputError
 from vprefer.ids import short_hash
 from vprefer.llm.client import sync_client
 from vprefer.llm.report import Outcome, Report
@@ -99,7 +100,7 @@ class BatchRunner(Generic[T]):
             line = (json.dumps({"custom_id": r.request_id, "method": "POST", "url": "/v1/chat/completions",
                                 "body": self.body(r)}) + "\n").encode()
             if len(line) > lim.max_bytes_per_file:
-                raise ValueError(f"request {r.request_id} alone is {len(line)} bytes, over the batch file limit; "
+                raise InputError(f"request {r.request_id} alone is {len(line)} bytes, over the batch file limit; "
                                  "lower image_max_side or image_detail")
             if len(lines) >= lim.max_requests_per_file or size + len(line) > lim.max_bytes_per_file:
                 flush()

@@ -15,11 +15,12 @@ import random
 import openai
 from openai.types.chat import ChatCompletion
 
+from vprefer.errors import ServiceError
 from vprefer.llm.report import Report
 from vprefer.llm.settings import ClientSettings
 
 
-class FatalAPIError(RuntimeError):
+class FatalAPIError(ServiceError):
     """The server refuses the whole run (bad key, unknown model): stop, lose nothing, say why."""
 
 

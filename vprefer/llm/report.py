@@ -30,6 +30,7 @@ class Report:
     est_input_tokens: int = 0
     est_output_tokens: int = 0
     est_cost_usd: float = 0.0
+    est_basis: str = ""
     dry_run: bool = False
     # this run
     ok: int = 0

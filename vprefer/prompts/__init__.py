@@ -1,7 +1,7 @@
 """Prompt sourcing and LLM upsampling, upstream of generation and annotation."""
 
 from vprefer.prompts.sample import sample_prompts
-from vprefer.prompts.sources import read_source
+from vprefer.prompts.sources import read_prompts, read_source
 from vprefer.prompts.upsample import upsample
 
-__all__ = ["read_source", "sample_prompts", "upsample"]
+__all__ = ["read_prompts", "read_source", "sample_prompts", "upsample"]

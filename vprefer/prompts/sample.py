@@ -9,13 +9,15 @@ stripped text. The first occurrence is kept.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from vprefer import ids, schema
+from vprefer.errors import InputError
 from vprefer.prompts.sources import NSFW_THRESHOLD, read_source
-from vprefer.store import Run
+from vprefer.store import Result, Run, as_run
 
 
 def dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
@@ -31,7 +33,7 @@ def dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
 def stratified(df: pl.DataFrame, column: str, n: int, seed: int) -> pl.DataFrame:
     """Proportional allocation (largest remainders), at least one per stratum while n allows."""
     if column not in df.columns:
-        raise ValueError(f"--stratify {column!r}: no such column; columns: {df.columns}")
+        raise InputError(f"--stratify {column!r}: no such column; columns: {df.columns}")
     sizes = df.group_by(column).len().sort(column)
     total = sizes["len"].sum()
     quotas = {k: n * v / total for k, v in sizes.iter_rows()}
@@ -42,23 +44,43 @@ def stratified(df: pl.DataFrame, column: str, n: int, seed: int) -> pl.DataFrame
     return pl.concat(parts)
 
 
-def sample_prompts(source: str | Path, out: str | Path, *, n: int | None = None, seed: int = 0, fmt: str | None = None,
-                   dedupe_prompts: bool = False, drop_nsfw: bool = False, stratify: str | None = None) -> dict:
+@dataclass
+class SampleResult(Result):
+    """What a sample read and wrote; the optional counts are None when their step was not asked for."""
+
+    read: int
+    written: int = 0
+    nsfw_dropped: int | None = None
+    exact_duplicates: int | None = None
+    near_duplicates: int | None = None
+    per_stratum: dict[str, int] | None = None
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """The drop counts that apply, in the order the steps ran."""
+        steps = {"nsfw_dropped": self.nsfw_dropped, "exact_duplicates": self.exact_duplicates,
+                 "near_duplicates": self.near_duplicates}
+        return {k: v for k, v in steps.items() if v is not None}
+
+
+def sample_prompts(source: str | Path, out: str | Path | Run, *, n: int | None = None, seed: int = 0,
+                   fmt: str | None = None, dedupe_prompts: bool = False, drop_nsfw: bool = False,
+                   stratify: str | None = None) -> SampleResult:
     df = read_source(source, fmt)
-    report = {"read": df.height}
+    report = SampleResult(read=df.height)
     if stratify and stratify.lower() in ("category", "tag"):  # Parti's Category, GenEval's tag, DrawBench's Category
         stratify = "category"
     if drop_nsfw:
         before = df.height
         df = df.filter(pl.col("nsfw").is_null() | (pl.col("nsfw") < NSFW_THRESHOLD))
-        report["nsfw_dropped"] = before - df.height
+        report.nsfw_dropped = before - df.height
     if dedupe_prompts:
         df, exact, near = dedupe(df)
-        report.update(exact_duplicates=exact, near_duplicates=near)
+        report.exact_duplicates, report.near_duplicates = exact, near
     if n is not None and n < df.height:
         df = stratified(df, stratify, n, seed) if stratify else df.sample(n, seed=seed)
     elif stratify and stratify not in df.columns:
-        raise ValueError(f"--stratify {stratify!r}: no such column; columns: {df.columns}")
+        raise InputError(f"--stratify {stratify!r}: no such column; columns: {df.columns}")
     src = Path(source).name
     rows = []
     for r in df.iter_rows(named=True):
@@ -67,12 +89,12 @@ def sample_prompts(source: str | Path, out: str | Path, *, n: int | None = None,
             meta["category"] = r["category"]
         rows.append({"prompt_id": ids.prompt_id(r["prompt"]), "prompt": r["prompt"], "source": f"{r['format']}:{src}",
                      "meta": json.dumps(meta) if meta else None})
-    run = Run(out, create=True)
+    run = as_run(out, create=True)
     with run.command("prompts sample", {"source": str(source), "n": n, "seed": seed, "format": fmt,
                                         "dedupe": dedupe_prompts, "drop_nsfw": drop_nsfw, "stratify": stratify}):
         run.append("prompts", schema.frame("prompts", rows))
         run.compact("prompts")
-    report["written"] = len(rows)
+    report.written = len(rows)
     if stratify:
-        report["per_stratum"] = dict(df.group_by(stratify).len().sort("len", descending=True).iter_rows())
+        report.per_stratum = dict(df.group_by(stratify).len().sort("len", descending=True).iter_rows())
     return report

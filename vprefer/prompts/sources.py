@@ -20,6 +20,8 @@ from pathlib import Path
 
 import polars as pl
 
+from vprefer.errors import VpreferError
+
 FORMATS = ("diffusiondb", "parti", "drawbench", "geneval", "hpdv2", "text", "jsonl", "csv")
 EXPECTED = {
     "diffusiondb": ["prompt"], "parti": ["Prompt", "Category"], "drawbench": ["Prompts"], "geneval": ["prompt"],
@@ -28,8 +30,8 @@ EXPECTED = {
 NSFW_THRESHOLD = 0.5  # DiffusionDB's prompt_nsfw / image_nsfw are probabilities in [0, 1]
 
 
-class SourceError(ValueError):
-    pass
+class SourceError(VpreferError, ValueError):
+    """A prompt file that is missing or not in the format asked for; the message names the expected columns."""
 
 
 def detect(path: Path) -> str:
@@ -113,3 +115,16 @@ def read_source(path: str | Path, fmt: str | None = None) -> pl.DataFrame:
                       pl.col("nsfw").cast(pl.Float64), pl.col("meta").cast(pl.String))
             .filter(pl.col("prompt").is_not_null() & (pl.col("prompt").str.strip_chars() != ""))
             .with_columns(pl.lit(fmt).alias("format")))
+
+
+def read_prompts(src: str | Path) -> list[str]:
+    """Prompt texts from a run directory (its ``prompts`` table) or from any file :func:`read_source` reads.
+
+    Training and sampling commands take either, so they all read prompts the same way.
+    """
+    from vprefer.store import Run
+
+    src = Path(src)
+    if src.is_dir():
+        return Run(src).read("prompts")["prompt"].to_list()
+    return read_source(src)["prompt"].to_list()

@@ -19,6 +19,7 @@ import openai
 import polars as pl
 
 from vprefer import ids, schema
+from vprefer.errors import InputError
 from vprefer.llm import Client, ClientSettings, Ledger, Outcome, PermanentError, Report, cost, send_all, usage
 from vprefer.store import Run
 
@@ -57,10 +58,22 @@ def _fold(run: Run, ledger: Ledger, style: str, annotator: str) -> int:
     return len(rows)
 
 
+OUTPUT_TOKENS = {"descriptive": 85, "tags": 75}  # what the instructions ask for (40-80 words; 15-30 tags)
+
+
+def estimate_cost(preset: ClientSettings, ledger: Ledger, style: str, short: str, *, upper: bool = False) -> float:
+    """One rewrite's cost: once three rewrites are answered, their billed mean (``upper``: their max); before
+    that, the instruction + prompt at ~4 characters a token and the length the instruction asks for."""
+    paid = [r["cost_usd"] for r in ledger.answers() if r.get("status") == "ok" and r.get("cost_usd")]
+    if len(paid) >= 3:
+        return max(paid) if upper else sum(paid) / len(paid)
+    return cost(preset, (len(STYLES[style]) + len(short)) // 4 + 12, OUTPUT_TOKENS[style], batch=False)
+
+
 def upsample(run_dir, preset: ClientSettings, *, style: str = "descriptive", max_cost: float | None = None,
-             limit: int | None = None) -> Report:
+             limit: int | None = None, dry_run: bool = False) -> Report:
     if style not in STYLES:
-        raise ValueError(f"--style must be one of {list(STYLES)}")
+        raise InputError(f"--style must be one of {list(STYLES)}")
     run = Run(run_dir)
     ledger = Ledger(run, f"{preset.slug}-{style}", kind="upsample")
     if hasattr(preset, "rewrite"):  # a local rewriter (``local:DIR``): no server, no cost, same rows and journal
@@ -73,8 +86,9 @@ def upsample(run_dir, preset: ClientSettings, *, style: str = "descriptive", max
     todo = [(short, pid, ids.short_hash(preset.annotator_id, style, pid, n=24)) for pid, short in
             prompts.select("prompt_id", "prompt").iter_rows()]
     todo = [t for t in todo if t[2] not in done]
-    res = Report(planned=prompts.height, already_done=prompts.height - len(todo), todo=len(todo))
-    if not todo:
+    res = Report(planned=prompts.height, already_done=prompts.height - len(todo), todo=len(todo), dry_run=dry_run)
+    res.est_cost_usd = sum(estimate_cost(preset, ledger, style, t[0]) for t in todo)
+    if dry_run or not todo:
         return res
     preset.api_key()
     with run.command("prompts upsample", {"annotator": preset.resolved(), "style": style, "max_cost": max_cost}) as entry, \
@@ -114,7 +128,6 @@ def _local(run: Run, rewriter, ledger: Ledger, style: str, limit: int | None) ->
 
 async def _send(todo, preset: ClientSettings, style: str, ledger: Ledger, res: Report,
                 max_cost: float | None) -> Report:
-    est = cost(preset, 120, 160, batch=False)
 
     async def one(client: Client, item: tuple[str, str, str]) -> Outcome:
         short, pid, rid = item
@@ -139,4 +152,5 @@ async def _send(todo, preset: ClientSettings, style: str, ledger: Ledger, res: R
 
     async with Client(preset, res) as client:
         return await send_all(todo, lambda item: one(client, item), ledger=ledger, report=res,
-                              concurrency=preset.concurrency, estimate=lambda item: est, budget=max_cost)
+                              concurrency=preset.concurrency, budget=max_cost,
+                              estimate=lambda item: estimate_cost(preset, ledger, style, item[0], upper=True))

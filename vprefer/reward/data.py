@@ -9,32 +9,32 @@ import polars as pl
 import torch
 from PIL import Image
 
+from vprefer.errors import InputError, MissingError
 from vprefer.ids import short_hash
-from vprefer.store import Run
+from vprefer.store import Run, as_run
 
 
-def load_pairs(runs: Sequence[str | Path], aspects: Sequence[str], annotators: Sequence[str] | None = None) -> pl.DataFrame:
+def load_pairs(runs: Sequence[str | Path | Run], aspects: Sequence[str], annotators: Sequence[str] | None = None) -> pl.DataFrame:
     """Columns: prompt_id, prompt, win_path, lose_path, aspect, aspect_idx, tie, weight (one row per pair)."""
     frames = []
     for rd in runs:
-        run = Run(rd)
+        run = as_run(rd)
         if not run.has("pairs"):
-            raise ValueError(f"{rd}: no pairs table; run `vprefer pairs {rd}` (or import human rankings) first")
+            raise InputError(f"{run.path}: no pairs table; run `vprefer pairs {run.path}` (or import human rankings) first")
         pairs = run.read("pairs").filter(pl.col("aspect").is_in(list(aspects)))
         if annotators:
             pairs = pairs.filter(pl.col("annotator").is_in(list(annotators)))
-        imgs = run.read("images").unique("image_id").select(
-            "image_id", pl.col("uri").map_elements(lambda u, r=run: str(r.resolve_uri(u)), return_dtype=pl.String).alias("path"))
+        imgs = run.image_paths().unique("image_id").select("image_id", "path")
         prompts = run.read("prompts").select("prompt_id", "prompt")
         frames.append(pairs.join(prompts, on="prompt_id")
                       .join(imgs.rename({"image_id": "win_image_id", "path": "win_path"}), on="win_image_id")
                       .join(imgs.rename({"image_id": "lose_image_id", "path": "lose_path"}), on="lose_image_id"))
     df = pl.concat(frames) if frames else pl.DataFrame()
     if df.height == 0:
-        raise ValueError(f"no training pairs for aspects {list(aspects)} and annotators {annotators} in {list(runs)}")
+        raise InputError(f"no training pairs for aspects {list(aspects)} and annotators {annotators} in {list(runs)}")
     missing = [p for p in df["win_path"].head(50).to_list() if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"image files missing, e.g. {missing[0]} (imported without images?)")
+        raise MissingError(f"image files missing, e.g. {missing[0]} (imported without images?)")
     return df.with_columns(pl.col("aspect").replace_strict({a: i for i, a in enumerate(aspects)},
                                                            return_dtype=pl.Int64).alias("aspect_idx"))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from vprefer import schema
+from vprefer.errors import InputError
 from vprefer.metrics import kendall_per_prompt, pair_metrics
 from vprefer.store import Run
 
@@ -15,11 +16,11 @@ def score_images(model, run: Run, image_ids: list[str] | None = None, batch_size
     """A ``scores`` table (model, prompt_id, image_id, aspect, score) for the run's images.
 
     Scores depend on the prompt, so an image shown under two prompts is scored twice."""
-    imgs = run.read("images").join(run.read("prompts").select("prompt_id", "prompt"), on="prompt_id")
+    imgs = run.image_paths()
     if image_ids is not None:
         imgs = imgs.filter(pl.col("image_id").is_in(image_ids))
-    rows = imgs.select("prompt_id", "image_id", "prompt", "uri").to_dicts()
-    paths = [run.resolve_uri(r["uri"]) for r in rows]
+    rows = imgs.select("prompt_id", "image_id", "prompt", "path").to_dicts()
+    paths = [r["path"] for r in rows]
     s = model.score([r["prompt"] for r in rows], paths, batch_size=batch_size)
     name = getattr(model, "name", None) or model.base
     return pl.DataFrame([{"model": name, "prompt_id": r["prompt_id"], "image_id": r["image_id"], "aspect": a,
@@ -33,13 +34,13 @@ def evaluate_run(model, run_dir: str | Path, *, annotator: str | None = None, as
     have = sorted(pairs["annotator"].unique().to_list())
     annotator = annotator or (schema.HUMAN if schema.HUMAN in have else (have[0] if len(have) == 1 else None))
     if annotator is None:
-        raise ValueError(f"{run_dir} has pairs from several annotators {have}; choose one with --annotator")
+        raise InputError(f"{run_dir} has pairs from several annotators {have}; choose one with --annotator")
     if annotator not in have:
-        raise ValueError(f"no pairs from annotator {annotator!r} in {run_dir}; available: {have}")
+        raise InputError(f"no pairs from annotator {annotator!r} in {run_dir}; available: {have}")
     aspects = [a for a in (aspects or model.aspects) if a in model.aspects]
     pairs = pairs.filter(pl.col("annotator") == annotator, pl.col("aspect").is_in(aspects))
     if pairs.height == 0:
-        raise ValueError(f"no {annotator} pairs for the model's aspects {model.aspects} in {run_dir}")
+        raise InputError(f"no {annotator} pairs for the model's aspects {model.aspects} in {run_dir}")
     scores = score_images(model, run, sorted(set(pairs["win_image_id"]) | set(pairs["lose_image_id"])))
     table = pair_metrics(pairs, scores, n_boot=n_boot, seed=seed)
     rk = run.read("rankings").filter(pl.col("annotator") == annotator) if run.has("rankings") else None

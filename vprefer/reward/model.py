@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vprefer import __version__
+from vprefer.errors import InputError, MissingError
 
 CONFIG = "vpscore_config.json"
 
@@ -135,7 +136,7 @@ class VPScore(nn.Module):
               batch_size: int = 32, normalize: bool = True) -> dict[str, list[float]]:
         """Scores for (prompt, image) pairs, batched; ``{aspect: [score, ...]}``."""
         if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+            raise InputError(f"{len(prompts)} prompts but {len(images)} images")
         aspects = list(aspects or self.aspects)
         idx = [self.aspects.index(a) for a in aspects]
         self.eval()
@@ -205,7 +206,7 @@ class VPScore(nn.Module):
         path = Path(path_or_hub_id)
         if not (path / CONFIG).exists():
             if path.exists() or re.match(r"^[./~]", str(path_or_hub_id)):
-                raise FileNotFoundError(f"{path} is not a VP-Score folder (no {CONFIG})")
+                raise MissingError(f"{path} is not a VP-Score folder (no {CONFIG})")
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors", "*.txt",

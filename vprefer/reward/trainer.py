@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
+from vprefer.errors import InputError
 from vprefer.reward.loss import bradley_terry_loss
 
 
@@ -81,7 +82,7 @@ class VPScoreTrainer(Trainer):
         sd = load_file(str(Path(resume_from_checkpoint) / "trainable.safetensors"))
         missing = (model or self.model).load_state_dict(sd, strict=False)
         if missing.unexpected_keys:
-            raise ValueError(f"checkpoint {resume_from_checkpoint} has unexpected weights {missing.unexpected_keys[:3]}")
+            raise InputError(f"checkpoint {resume_from_checkpoint} has unexpected weights {missing.unexpected_keys[:3]}")
 
 
 def pair_accuracy(eval_pred) -> dict[str, float]:

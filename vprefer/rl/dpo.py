@@ -24,6 +24,7 @@ from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig
 from vprefer.rl.losses import diffusion_dpo_loss, noise_mse
 from vprefer.rl.noising import noise_target, sample_timesteps, training_scheduler
 from vprefer.diffusion import encode, encode_images, load_pixels
+from vprefer.errors import InputError
 from vprefer.store import Run
 
 
@@ -40,18 +41,20 @@ class DiffusionDPOConfig(DiffusionTrainingConfig):
 
 def dpo_pairs(run_dir, aspect: str, annotators: Sequence[str] | None = None) -> list[dict]:
     """(prompt, win_path, lose_path, margin) rows from a run's pairs table; ties dropped."""
-    run = Run(run_dir)
+    from vprefer.errors import InputError
+    from vprefer.store import as_run
+
+    run: Run = as_run(run_dir)
     p = run.read("pairs").filter(pl.col("aspect") == aspect, ~pl.col("tie"))
     if annotators:
         p = p.filter(pl.col("annotator").is_in(list(annotators)))
     if p.height == 0:
-        raise ValueError(f"{run_dir}: no non-tied pairs for aspect {aspect!r}"
+        raise InputError(f"{run.path}: no non-tied pairs for aspect {aspect!r}"
                          + (f" from {list(annotators)}" if annotators else ""))
-    uris = dict(run.read("images").select("image_id", "uri").unique("image_id").iter_rows())
+    paths = dict(run.image_paths().unique("image_id").select("image_id", "path").iter_rows())
     prompts = dict(run.read("prompts").select("prompt_id", "prompt").iter_rows())
-    return [{"prompt": prompts[r["prompt_id"]], "win": str(run.resolve_uri(uris[r["win_image_id"]])),
-             "lose": str(run.resolve_uri(uris[r["lose_image_id"]])), "margin": r["margin"]}
-            for r in p.iter_rows(named=True)]
+    return [{"prompt": prompts[r["prompt_id"]], "win": paths[r["win_image_id"]], "lose": paths[r["lose_image_id"]],
+             "margin": r["margin"]} for r in p.iter_rows(named=True)]
 
 
 class DiffusionDPOTrainer(DiffusionTrainerBase):
@@ -60,9 +63,9 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
     def __init__(self, config: DiffusionDPOConfig, *, pairs: Sequence[dict], **kw):
         super().__init__(config, **kw)
         if not pairs:
-            raise ValueError("Diffusion-DPO needs preference pairs")
+            raise InputError("Diffusion-DPO needs preference pairs")
         if not 0.0 <= config.proportion_empty_prompts <= 1.0:
-            raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {config.proportion_empty_prompts}")
+            raise InputError(f"proportion_empty_prompts must be in [0, 1], got {config.proportion_empty_prompts}")
         self.pairs = list(pairs)
         self.sched = training_scheduler(self.pipe)  # its own forward process, never the pipeline's sampler
         self.rng = random.Random(config.seed + self.acc.process_index)

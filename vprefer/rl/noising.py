@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from vprefer.errors import InputError
+
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -28,7 +30,7 @@ def training_scheduler(pipe):
 
     sched = DDPMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
     if sched.config.prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type {sched.config.prediction_type!r} is not supported for training "
+        raise InputError(f"prediction_type {sched.config.prediction_type!r} is not supported for training "
                          f"(supported: {', '.join(PREDICTION_TYPES)})")
     return sched
 
@@ -48,7 +50,7 @@ def noise_target(sched, latents: torch.Tensor, noise: torch.Tensor, t: torch.Ten
         return noise
     if kind == "v_prediction":
         return sched.get_velocity(latents, noise, t)
-    raise ValueError(f"prediction_type {kind!r} is not supported for training")
+    raise InputError(f"prediction_type {kind!r} is not supported for training")
 
 
 def sample_timesteps(sched, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:

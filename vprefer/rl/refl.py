@@ -20,6 +20,7 @@ from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, wei
 from vprefer.rl.losses import noise_mse, refl_loss
 from vprefer.rl.noising import noise_target, rollout_scheduler, sample_timesteps, training_scheduler
 from vprefer.diffusion import decode, encode, encode_images, load_pixels, predict_noise
+from vprefer.errors import InputError
 
 
 @dataclass
@@ -40,9 +41,9 @@ class ReFLTrainer(DiffusionTrainerBase):
                  **kw):
         super().__init__(config, **kw)
         if self.reward is None:
-            raise ValueError("ReFL needs a differentiable reward (a VP-Score folder or an object with score_pixels)")
+            raise InputError("ReFL needs a differentiable reward (a VP-Score folder or an object with score_pixels)")
         if not 0 <= config.t_lo <= config.t_hi < config.num_steps:
-            raise ValueError(f"need 0 <= t_lo <= t_hi < num_steps, got {config.t_lo}, {config.t_hi}, {config.num_steps}")
+            raise InputError(f"need 0 <= t_lo <= t_hi < num_steps, got {config.t_lo}, {config.t_hi}, {config.num_steps}")
         self.prompts, self.pretrain = list(prompts), list(pretrain_data)
         self.sched = rollout_scheduler(self.pipe)  # deterministic DDIM chain, x0 never clipped
         self.train_sched = training_scheduler(self.pipe)  # the regulariser's forward process (not the sampler)
@@ -96,10 +97,9 @@ class ReFLTrainer(DiffusionTrainerBase):
 
 def run_images(run_dir, limit: int | None = None) -> list[tuple[str, str]]:
     """(prompt, image path) pairs of a run: the real data for the pre-training regulariser."""
-    from vprefer.store import Run
+    from vprefer.store import as_run
 
-    run = Run(run_dir)
-    j = run.read("images").join(run.read("prompts"), on="prompt_id")
+    j = as_run(run_dir).image_paths()
     if limit is not None:
         j = j.head(limit)
-    return [(r["prompt"], str(run.resolve_uri(r["uri"]))) for r in j.iter_rows(named=True)]
+    return list(j.select("prompt", "path").iter_rows())

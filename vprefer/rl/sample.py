@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from vprefer.diffusion import grid, load_pipeline
+from vprefer.errors import InputError
 
 
 @torch.no_grad()
@@ -18,7 +19,7 @@ def before_after(lora_dir: str | Path, prompts: Sequence[str], out: str | Path, 
     meta = json.loads((lora_dir / "vprefer_rl.json").read_text()) if (lora_dir / "vprefer_rl.json").exists() else {}
     base = base or meta.get("pretrained")
     if base is None:
-        raise ValueError(f"{lora_dir} does not say which base pipeline it was trained on; pass --base")
+        raise InputError(f"{lora_dir} does not say which base pipeline it was trained on; pass --base")
     res = resolution or meta.get("resolution", 512)
     pipe = load_pipeline(base, device="cuda" if torch.cuda.is_available() else "cpu")
 

@@ -83,7 +83,9 @@ def judge(prompt: str, images: list[Image.Image], aspects: list[str], lo: int, h
             cont[(pos, a)] = v
             score = int(min(hi, max(lo, round(lo + (v - 1) * (hi - lo) / 4))))
             entry[a] = {"score": score,
-                        "rationale": f"Stand-in judge, pixel statistics only. For {a.replace('_', '-')}: {why}."}
+                        # about as long as the 2-3 sentences the rubric asks a real judge for (~45 tokens)
+                        "rationale": f"Stand-in judge, pixel statistics only. For {a.replace('_', '-')}: {why}. "
+                                     f"Image {pos} gets {score} of {hi} on this aspect."}
         items.append(entry)
     answer: dict = {"images": items}
     if with_ranking:

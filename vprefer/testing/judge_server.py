@@ -106,12 +106,23 @@ def completion(state: JudgeState, body: dict) -> dict:
         answer = json.dumps(verdict)
         if "response_format" not in body:
             answer = f"Here is my judgement.\n```json\n{answer}\n```"
-    else:  # text-only: prompt upsampling
-        answer = (f"{prompt.strip().rstrip('.')}, highly detailed, natural lighting, sharp focus, "
-                  "balanced composition, rich colours")
+    elif "tags" in system:  # text-only: prompt upsampling, about as long as the instruction asks (15-30 tags)
+        answer = (f"{prompt.strip().rstrip('.')}, highly detailed, natural lighting, sharp focus, balanced "
+                  "composition, rich colours, soft shadows, shallow depth of field, 35mm photo, golden hour, "
+                  "clean background, centered subject, crisp edges, fine texture, vivid, award winning, 8k")
+    else:  # a descriptive caption of 40-80 words
+        answer = (f"{prompt.strip().rstrip('.')}, shown in fine detail: the subject sits at the centre of a "
+                  "balanced composition, lit by soft natural light from the left that casts gentle shadows and "
+                  "brings out texture. The colours are rich but natural, the background is clean and slightly "
+                  "out of focus, and the whole scene is sharp, calm and carefully framed, like a professional "
+                  "photograph taken with a 35mm lens at eye level.")
     if state.roll(state.faults.malformed_rate):
         answer = answer[: len(answer) // 2] + " ... sorry, I lost track"
-    n_in = sum(len(str(x)) for x in body.get("messages", [])) // 4 if not images else len(text) // 4 + 85 * len(images)
+    # billed like a real server: all message text (system included) and the structured-output schema at ~4
+    # characters a token, plus 85 tokens per low-detail image
+    schema_chars = len(str(body["response_format"]["json_schema"]["schema"])) if body.get("response_format") else 0
+    n_in = (len(system) + len(text) + schema_chars) // 4 + 85 * len(images) if images else \
+        sum(len(str(x)) for x in body.get("messages", [])) // 4
     n_out = len(answer) // 4
     return {"id": f"chatcmpl-{uuid.uuid4().hex[:20]}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "vprefer-judge"), "metadata": body.get("metadata") or None,
