@@ -113,3 +113,14 @@ def test_cli_info_and_error_line(shared_data, tmp_path):
     r = CliRunner().invoke(app, ["info", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "not a vprefer run directory" in r.output and "Traceback" not in r.output
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["commands"][0]["command"] == "import imagereward"
+
+
+def test_info_on_a_folder_of_runs(shared_data, tmp_path):
+    import_file(shared_data / "imagereward_test.json", tmp_path / "demo" / "run", "imagereward")
+    Run(tmp_path / "demo" / "heldout", create=True)
+    (tmp_path / "demo" / "report_files").mkdir()
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "demo")], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "it holds 2" in r.output and "pairs: human/overall=7,230" in r.output and r.output.count("commands recorded") == 2
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "demo" / "report_files")])
+    assert r.exit_code == 1 and "not a vprefer run directory" in r.output

@@ -25,7 +25,7 @@ from typing import Iterable
 import polars as pl
 
 from vprefer import ids, schema
-from vprefer.errors import VpreferError
+from vprefer.errors import MissingError, VpreferError
 from vprefer.images import BadImage, check_bytes, read_checked
 from vprefer.ingest import store_image
 from vprefer.rankings import ranking_pairs, ranks_from_scores
@@ -141,6 +141,8 @@ def import_pickapic(path: Path, out: Path | Run) -> ImportCounts:
 
 
 def import_file(path: Path, out: Path | Run, fmt: str, images_root: Path | None = None) -> ImportCounts:
+    if not Path(path).is_file():
+        raise MissingError(f"{path}: no such file to import")
     if fmt in ("imagereward", "hpdv2"):
         return import_ranking_json(path, out, fmt=fmt, images_root=images_root)
     if fmt == "pickapic":

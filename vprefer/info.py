@@ -58,3 +58,17 @@ def summarize(run: Run | str | Path) -> RunSummary:
     s.created, s.commands = m.get("created"), len(m.get("commands", []))
     s.recorded_cost_usd = sum(c.get("cost_usd", 0) or 0 for c in m.get("commands", []))
     return s
+
+
+def find_runs(folder: str | Path, *, depth: int = 2) -> list[Path]:
+    """Run folders inside ``folder`` (itself included), at most ``depth`` levels down, sorted.
+
+    ``vprefer info demo-run`` is the obvious first try after the demo, whose runs are
+    ``demo-run/run`` and ``demo-run/heldout``: a folder of runs is answered with its runs.
+    """
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        return [folder]
+    if depth == 0 or not folder.is_dir():
+        return []
+    return [r for sub in sorted(p for p in folder.iterdir() if p.is_dir()) for r in find_runs(sub, depth=depth - 1)]

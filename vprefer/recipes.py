@@ -56,8 +56,9 @@ class Recipe(BaseModel):
         return self.model_dump(mode="json")
 
 
-def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] = (".yaml", ".yml")) -> Path:
-    """A recipe given as a path, or by name from ./<folder>/ or the repository's <folder>/."""
+def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] = (".yaml", ".yml"), *,
+               what: str = "recipe") -> Path:
+    """A ``what`` (recipe, annotator preset, rubric) given as a path, or by name from ./<folder>/ or the repository's <folder>/."""
     p = Path(name_or_path)
     if p.exists():
         return p
@@ -66,7 +67,7 @@ def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] 
         for n in names:
             if (base / n).exists():
                 return base / n
-    raise RecipeError(f"no such recipe {name_or_path!r} (looked for a path, then in ./{folder}/ and {REPO / folder}/)")
+    raise RecipeError(f"no such {what} '{name_or_path}' (looked for a path, then in ./{folder}/ and {REPO / folder}/)")
 
 
 def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):

@@ -58,7 +58,7 @@ class AnnotatorPreset(Recipe):
 
     @classmethod
     def load(cls, name_or_path: str | Path, **overrides) -> "AnnotatorPreset":
-        return cls.from_yaml(find_asset(name_or_path, "annotators"), **overrides)
+        return cls.from_yaml(find_asset(name_or_path, "annotators", what="annotator preset"), **overrides)
 
     @property
     def annotator_id(self) -> str:

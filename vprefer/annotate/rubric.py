@@ -47,7 +47,7 @@ class Rubric(Recipe):
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "Rubric":
-        return cls.from_yaml(find_asset(name_or_path, "annotators/rubrics"))
+        return cls.from_yaml(find_asset(name_or_path, "annotators/rubrics", what="rubric"))
 
     @property
     def hash(self) -> str:

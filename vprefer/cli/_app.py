@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals could hold an API key
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error is one line, never wrapped at 80 columns
 out = Console()
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from vprefer import exchange, schema
 from vprefer.cli._app import app, console, fail, friendly, out
-from vprefer.info import summarize
+from vprefer.info import find_runs, summarize
 from vprefer.ingest import IngestError, ingest as ingest_api
 
 
@@ -77,8 +77,21 @@ def export(
 
 @app.command()
 @friendly
-def info(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
-    """Summary of a run: rows per table, annotators, aspects, annotation status and cost so far."""
+def info(run_dir: Path = typer.Argument(..., help="Run directory, or a folder of runs (e.g. the demo's).")) -> None:
+    """Summary of a run: rows per table, annotators, aspects, annotation status and cost so far.
+
+    Given a folder that holds runs (such as `demo-run`, with `run/` and `heldout/`), summarises each.
+    """
+    runs = find_runs(run_dir)
+    if len(runs) > 1 or (runs and runs[0] != run_dir):
+        out.print(f"{run_dir} is not a run; it holds {len(runs)}: " + ", ".join(str(r) for r in runs))
+        for r in runs:
+            _info_one(r)
+        return
+    _info_one(run_dir)
+
+
+def _info_one(run_dir: Path) -> None:
     s = summarize(run_dir)
     t = Table("table", "rows", title=f"run {run_dir}")
     for name, n in s.counts.items():

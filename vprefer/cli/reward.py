@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from vprefer.cli._app import app, fail, friendly, out
+from vprefer.store import as_run
 
 
 @app.command("train-reward")
@@ -31,8 +32,11 @@ def train_reward(
     from vprefer.testing.stand_ins import ensure_backbone
 
     r = RewardRecipe.load(recipe)
+    runs = [d.strip() for d in data.split(",")]
+    for d in runs:
+        as_run(d)  # a wrong --data fails in one line before any model is built or OUT is made
     ensure_backbone(r)
-    s = train_api(r, [d.strip() for d in data.split(",")], out_dir, resume=resume)
+    s = train_api(r, runs, out_dir, resume=resume)
     out.print(f"trained {r.name}: {s['train_pairs']:,} train pairs ({s['train_prompts']} prompts), "
               f"{s['val_pairs']:,} validation pairs, {s['steps']} steps, loss {s['train_loss']:.4f}")
     if "val" in s:
@@ -68,12 +72,16 @@ def eval_reward(
     from vprefer.reward import VPScore
     from vprefer.reward.evaluate import evaluate_run
 
+    if fmt == "vprefer":
+        as_run(data)  # inputs are checked before the model is loaded
+    elif not data.is_file():
+        fail(f"{data}: no such {fmt} file")
+    if fmt in ("imagereward", "hpdv2") and images_root is None:
+        fail("--images-root is needed to score the images of an imagereward/hpdv2 file")
     rm = VPScore.from_pretrained(model)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = data
         if fmt != "vprefer":
-            if fmt in ("imagereward", "hpdv2") and images_root is None:
-                fail("--images-root is needed to score the images of an imagereward/hpdv2 file")
             run_dir = Path(tmp) / "run"
             import_file(data, run_dir, fmt, images_root)
         rep = evaluate_run(rm, run_dir, annotator=annotator, n_boot=n_boot)
@@ -105,12 +113,12 @@ def score(
         r = score_run(model, run_dir, batch_size=batch_size)
         out.print(f"scored {r.images:,} images x {len(r.aspects)} aspects into {run_dir}/tables/scores")
         return
-    rm = VPScore.from_pretrained(model)
     if not images:
         fail("no image files given")
     missing = [p for p in images if not p.is_file()]
     if missing:
         fail(f"{missing[0]}: no such image file")
+    rm = VPScore.from_pretrained(model)
     s = rm.score([prompt] * len(images), [str(p) for p in images], batch_size=batch_size)
     t = Table("image", *rm.aspects, title="VP-Score (0 = average training image, +1 = one std better)")
     for k, p in enumerate(images):

@@ -26,11 +26,11 @@ def score_run(model, run: Run | str | Path, *, batch_size: int = 32) -> ScoreRes
     from vprefer.reward.evaluate import score_images
     from vprefer.reward.model import VPScore
 
+    run = as_run(run)  # a wrong run folder fails before a model is loaded
     if isinstance(model, (str, Path)):
         ref, rm = str(model), VPScore.from_pretrained(model)
     else:
         ref, rm = getattr(model, "name", None) or model.base, model
-    run = as_run(run)
     sc = score_images(rm, run, batch_size=batch_size)
     with run.command("score", {"model": ref}):
         run.replace_rows("scores", sc, "model")

@@ -46,9 +46,9 @@ def calibrate(model: VPScore, df: pl.DataFrame, limit: int = 512) -> dict[str, t
 
 def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Path, *, resume: bool = False) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.training.seed)
-    df = load_pairs(runs, recipe.aspects, recipe.annotators)
+    df = load_pairs(runs, recipe.aspects, recipe.annotators)  # bad data fails here, before OUT exists
+    out.mkdir(parents=True, exist_ok=True)
     if recipe.loss.ties == "drop":
         df = df.filter(~pl.col("tie"))
     train_df, val_df = split_by_prompt(df, recipe.training.val_fraction, recipe.training.seed)
