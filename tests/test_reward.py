@@ -35,12 +35,13 @@ def world(tmp_path_factory):
 
 def recipe(tmp_path, **over) -> RewardRecipe:
     r = RewardRecipe.load("vp-score-tiny")
-    r.backbone.name_or_path = str(tmp_path.parent / "tiny-clip")  # shared by the tests in a session dir
     r.training.max_steps, r.training.save_steps, r.training.logging_steps = 3, 1000, 1000
     r.training.val_fraction = 0.25
     for k, v in over.items():
         obj, _, attr = k.rpartition("__")
         setattr(getattr(r, obj) if obj else r, attr, v)
+    # shared by the tests in a session dir, one per kind: whichever test runs first builds it
+    r.backbone.name_or_path = str(tmp_path.parent / f"tiny-{r.backbone.kind}")
     ensure_backbone(r)
     return r
 
@@ -179,7 +180,6 @@ def test_four_bit_lora_path_on_cpu(world, tmp_path):
 
 def test_blip_cross_encoder_trains_and_reloads(world, tmp_path):
     r = recipe(tmp_path, backbone__kind="blip", backbone__tiny="blip", freeze_ratio=0.5)
-    r.backbone.name_or_path = str(tmp_path.parent / "tiny-blip")
     ensure_backbone(r)
     s = train_reward(r, [world], tmp_path / "b")
     assert s["steps"] == 3
