@@ -202,3 +202,46 @@ def test_position_bias_is_measured(judge, synth_run):
     first = res.bias.filter(pl.col("shown_position") == 1, pl.col("aspect") == "aesthetics")["bias"].item()
     rest = res.bias.filter(pl.col("shown_position") > 1, pl.col("aspect") == "aesthetics")["bias"]
     assert first > 0.5 and (rest < first).all()
+
+
+def test_batch_mode_reasks_invalid_answers_in_the_next_batch(judge, synth_run):
+    """Malformed answers from a batch are asked again in a later batch (up to invalid_retries), as online;
+    each request is answered by the server exactly as often as the journal says it was paid for."""
+    from vprefer.llm import read_journal
+
+    judge.state.faults.malformed_rate = 0.4
+    p = local_preset(judge, mode="batch", invalid_retries=2)
+    res = annotate(synth_run, p, poll_s=0.05)
+    journal = list(read_journal(synth_run / "journal" / f"annotate-{p.slug}.jsonl"))
+    reasks = {}
+    for r in journal:
+        if r["event"] == "reask":
+            reasks[r["request_id"]] = reasks.get(r["request_id"], 0) + 1
+    assert sum(reasks.values()) >= 3 and res.retries == sum(reasks.values())  # some answers were re-asked
+    assert max(reasks.values()) <= 2
+    done = {r["request_id"]: r for r in journal if r["event"] == "done"}
+    answered = server_stats(judge)["answered"]
+    assert set(done) == set(answered) and len(done) == 12
+    for rid, rec in done.items():
+        assert answered[rid] == rec["attempts"] == 1 + reasks.get(rid, 0)  # nothing paid twice beyond re-asks
+        assert rec["status"] == "ok" or rec["attempts"] == 3  # invalid only after every re-ask failed
+    assert res.ok + res.invalid == 12 and res.ok > 12 - len(reasks)  # re-asks turned invalid answers into ok
+    ann = Run(synth_run).read("annotations")
+    per_req = ann.group_by("request_id").agg(pl.col("cost_usd").sum(), pl.col("output_tokens").sum())
+    # the table carries what every answer cost, re-asks included: the server's usage at the batch price
+    assert per_req["cost_usd"].sum() == pytest.approx(res.cost_usd)
+    assert server_stats(judge)["batches"] >= 2
+    assert annotate(synth_run, p, poll_s=0.05).todo == 0  # a rerun sends nothing
+
+
+def test_batch_reask_of_the_same_request_twice_gets_a_new_batch_then_is_stored_invalid(judge, synth_run):
+    """Every answer malformed: the one request is asked 1 + invalid_retries times, each time in a new batch
+    (the same id set must not find the earlier batch again by its metadata), then stored as invalid."""
+    judge.state.faults.malformed_rate = 1.0
+    p = local_preset(judge, mode="batch", invalid_retries=2, permutations=1)
+    res = annotate(synth_run, p, limit=1, poll_s=0.05)
+    assert (res.ok, res.invalid, res.retries) == (0, 1, 2)
+    stats = server_stats(judge)
+    assert list(stats["answered"].values()) == [3] and stats["batches"] == 3
+    ann = Run(synth_run).read("annotations")
+    assert set(ann["status"]) == {"invalid"} and ann["raw"].str.contains("lost track").all()

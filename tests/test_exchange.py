@@ -20,14 +20,16 @@ def test_imagereward_test_set_counts_and_exact_round_trip(shared_data, tmp_path)
     assert set(pairs["annotator"]) == {"human"} and set(pairs["aspect"]) == {"overall"}
     assert run.read("prompts").height == 463  # 3 prompt texts carry two image sets each
     export_run(tmp_path / "run", tmp_path / "back.json", "imagereward")
-    key = lambda e: (e["prompt"], tuple(e["generations"]))
-    orig = {key(e): e["ranking"] for e in json.loads(src.read_text())}
-    back = {key(e): e["ranking"] for e in json.loads((tmp_path / "back.json").read_text())}
-    assert orig == back
+    # the same file: same rows in the same order, source ids, paths and ranks (parsed JSON, key order too)
+    orig, back = json.loads(src.read_text()), json.loads((tmp_path / "back.json").read_text())
+    assert back == orig and [list(e) for e in back] == [list(e) for e in orig]
+    assert [e["id"] for e in back][:2] == ["005658-0040", orig[1]["id"]]
+    assert (tmp_path / "back.json").read_bytes() == src.read_bytes()  # the shipped file is 4-space JSON: byte for byte
 
 
 def test_imagereward_with_images_root_and_ties(tmp_path):
-    entries = [{"prompt": "two dogs", "generations": ["a/1.png", "a/2.png", "a/3.png"], "ranking": [1, 1, 2]}]
+    entries = [{"prompt": "two dogs", "generations": ["a/1.png", "a/2.png", "a/3.png"], "ranking": [1, 1, 2],
+                "source": "x"}]
     (tmp_path / "t.json").write_text(json.dumps(entries))
     for k, col in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)], 1):
         write_png(tmp_path / "imgs" / "a" / f"{k}.png", col)
@@ -36,7 +38,8 @@ def test_imagereward_with_images_root_and_ties(tmp_path):
     run = Run(tmp_path / "run")
     assert all((run.path / u).exists() for u in run.read("images")["uri"])
     export_run(tmp_path / "run", tmp_path / "x.json", "imagereward")
-    assert json.loads((tmp_path / "x.json").read_text())[0]["ranking"] == [1, 1, 2]
+    # with images copied in, the export still lists the source paths (and extra fields survive)
+    assert json.loads((tmp_path / "x.json").read_text()) == [{**entries[0], "ranking": [1, 1, 2]}]
     # missing image under --images-root is a clear error
     (tmp_path / "imgs" / "a" / "3.png").unlink()
     with pytest.raises(ValueError, match="missing file"):

@@ -104,6 +104,10 @@ def test_save_pairs_keeps_human_rows(run):
 
 def test_position_bias_statistic(run):
     b = position_bias(run)
-    # aesthetics overall mean = (5+3+3+4+2+3)/6 = 10/3; position 1 mean = (5+4)/2 = 4.5
-    first = b.filter(pl.col("aspect") == "aesthetics", pl.col("shown_position") == 1)["bias"].item()
-    assert first == pytest.approx(4.5 - 10 / 3)
+    # every image was shown in two positions, so image effects: within-image differences are
+    # x: b1 - b2 = 5 - 2 = 3, y: b2 - b3 = 0, z: b1 - b3 = 4 - 3 = 1. Least squares in u = b1 - b2, v = b2 - b3:
+    # 2u + v = 4, u + 2v = 1 -> u = 7/3, v = -2/3; with b1 + b2 + b3 = 0: b1 = 4/3, b2 = -1, b3 = -1/3
+    # (the mean by position minus the overall mean would say b1 = 4.5 - 10/3: it mixes in image quality)
+    a = b.filter(pl.col("aspect") == "aesthetics").sort("shown_position")
+    assert a["bias"].to_list() == pytest.approx([4 / 3, -1, -1 / 3])
+    assert set(a["effects"]) == {"image"} and a["n"].to_list() == [2, 2, 2]

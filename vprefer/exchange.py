@@ -7,6 +7,11 @@ Conventions (also in the README):
 
 * ImageReward/HPDv2 ranks (1 = best, ties allowed) are stored as scores
   ``-rank`` (higher is better), which makes the export exact.
+* Each source row's own fields are kept in its prompt's ``meta`` under
+  ``sets`` (one entry per image set, since one prompt text may carry several:
+  row number, ``id``, the listed image paths, any other fields, the key
+  order), so ``export --format imagereward`` of an imported run writes the
+  same rows in the same order with the same ids — the file it came from.
 * ``--images-root DIR`` reads the listed image files (relative to DIR) and
   copies them in. Without it, rankings are imported *without images*: the
   image id is then ``sha256("path:" + path)`` and the uri is the listed path.
@@ -69,7 +74,8 @@ def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward"
     if not isinstance(entries, list):
         raise FormatError(f"{path}: expected a JSON list of {{prompt, generations|image_path, ranking|rank}}")
     run = as_run(out, create=True)
-    prompts, images, rankings, pairs = [], [], [], []
+    prompts: dict[str, dict] = {}
+    images, rankings, pairs = [], [], []
     seen_images: set[str] = set()
     for n, e in enumerate(entries, 1):
         e = e if isinstance(e, dict) else {}
@@ -81,9 +87,11 @@ def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward"
         if len(gens) != len(ranks):
             raise FormatError(f"{path}: entry {n} has {len(gens)} images but {len(ranks)} ranks")
         pid = ids.prompt_id(e["prompt"])
-        prompts.append({"prompt_id": pid, "prompt": e["prompt"], "source": fmt,
-                        "meta": json.dumps({"id": e.get("id")}) if e.get("id") else None})
-        image_ids = []
+        meta = prompts.setdefault(pid, {"prompt_id": pid, "prompt": e["prompt"], "source": fmt,
+                                        "meta": {"id": e.get("id"), "sets": []}})["meta"]
+        image_ids: list[str] = []
+        meta["sets"].append({"row": n - 1, "image_ids": image_ids, "keys": list(e), "generations": list(gens),
+                             "fields": {k: v for k, v in e.items() if k not in _RANKING_FIELDS}})
         for g in gens:
             if images_root is not None:
                 img = read_checked(Path(images_root) / g)
@@ -100,8 +108,47 @@ def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward"
         rankings.append({"prompt_id": pid, "aspect": schema.OVERALL, "annotator": schema.HUMAN,
                          "image_ids": image_ids, "scores": scores, "confidence": 1.0})
         pairs += ranking_pairs(pid, image_ids, scores, schema.OVERALL, schema.HUMAN)
-    return _save(run, f"import {fmt}", prompts, images, rankings, pairs,
+    for p in prompts.values():
+        p["meta"] = json.dumps(p["meta"])
+    return _save(run, f"import {fmt}", list(prompts.values()), images, rankings, pairs,
                  {"file": str(path), "format": fmt, "images_root": str(images_root) if images_root else None})
+
+
+_RANKING_FIELDS = ("prompt", "generations", "image_path", "ranking", "rank")
+
+
+def _source_sets(run: Run) -> dict[tuple[str, tuple[str, ...]], dict]:
+    """(prompt id, image ids) -> the imported source row of that image set (see the module docstring)."""
+    out: dict[tuple[str, tuple[str, ...]], dict] = {}
+    for pid, meta in run.read("prompts").select("prompt_id", "meta").iter_rows():
+        try:
+            sets = json.loads(meta or "{}").get("sets") or []
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        for st in sets:
+            if isinstance(st, dict) and "image_ids" in st:
+                out[(pid, tuple(st["image_ids"]))] = st
+    return out
+
+
+def _imagereward_rows(run: Run, rk: pl.DataFrame, uris: dict[str, str]) -> list[dict]:
+    """Imported sets come back as their source rows (same order, ids, paths, fields); others get
+    the prompt id as ``id`` and their image uris, after them."""
+    src = _source_sets(run)
+    known, other = [], []
+    for r in rk.iter_rows(named=True):
+        ranking = ranks_from_scores(r["scores"])
+        st = src.get((r["prompt_id"], tuple(r["image_ids"])))
+        if st is None:
+            other.append({"id": r["prompt_id"], "prompt": r["prompt"],
+                          "generations": [uris[i] for i in r["image_ids"]], "ranking": ranking})
+            continue
+        vals = {**st["fields"], "prompt": r["prompt"], "generations": st["generations"], "ranking": ranking,
+                "image_path": st["generations"], "rank": ranking}
+        keys = [k for k in st["keys"] if k not in ("image_path", "rank")]  # hpdv2 names -> imagereward names
+        keys += [k for k in ("generations", "ranking") if k not in keys]
+        known.append((st["row"], {k: vals[k] for k in keys}))
+    return [row for _, row in sorted(known, key=lambda x: x[0])] + other
 
 
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -180,9 +227,8 @@ def export_run(run_dir: Path | Run, out: Path, fmt: str, *, aspect: str = schema
     uris, paths = dict(imgs.select("image_id", "uri").iter_rows()), dict(imgs.select("image_id", "path").iter_rows())
     out = Path(out)
     if fmt == "imagereward":
-        data = [{"id": r["prompt_id"], "prompt": r["prompt"], "generations": [uris[i] for i in r["image_ids"]],
-                 "ranking": ranks_from_scores(r["scores"])} for r in rk.iter_rows(named=True)]
-        atomic_write_bytes(out, json.dumps(data, indent=2).encode())
+        data = _imagereward_rows(run, rk, uris)
+        atomic_write_bytes(out, json.dumps(data, indent=4, ensure_ascii=False).encode())
         return len(data)
     if fmt == "pickapic":
         rows = list(_pickapic_rows(rk, paths))

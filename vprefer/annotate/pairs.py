@@ -11,7 +11,12 @@ Aggregation rule (configurable, recorded in the manifest):
 * ``weight`` (confidence) is the share of those judgements that order the pair
   the same way as the mean (a judgement that ties, or a mean that ties, counts
   one half);
-* ``tie`` when margin <= ``min_margin``: ties are kept and flagged.
+* ``tie`` when margin <= ``min_margin``: ties are kept and flagged;
+* ``debias="positions"``: every score first loses its annotator's estimated
+  effect of the position it was shown in (:mod:`vprefer.annotate.position`).
+  With a balanced design and K a multiple of the set size this changes no
+  ranking (every image gets the same correction); it matters for one order
+  per set, or orders that are not balanced.
 
 Everything is lazy polars over the ``annotations`` table: 10^6 rows take
 seconds (benchmarks/pairs_scale.py).
@@ -24,8 +29,11 @@ from dataclasses import dataclass
 import polars as pl
 
 from vprefer import schema
+from vprefer.annotate import position
 from vprefer.errors import InputError
 from vprefer.store import Result, Run, as_run
+
+DEBIAS = ("positions",)
 
 
 def parse_overall(spec: str, aspects: list[str]) -> dict[str, float]:
@@ -58,20 +66,25 @@ def judgements(run: Run, annotators: list[str] | None, overall: str) -> tuple[pl
         raise InputError(f"{run.path}: no successful annotations yet; run `vprefer annotate` first")
     aspects = ann.select(pl.col("aspect").unique().sort()).collect()["aspect"].to_list()
     w = parse_overall(overall, aspects)
-    j = ann.select("request_id", "prompt_id", "image_id", "aspect", "score")
+    cols = ["request_id", "annotator", "prompt_id", "image_id", "shown_position", "aspect", "score"]
+    j = ann.select(cols)
     ov = (j.filter(pl.col("aspect").is_in(list(w)))
           .with_columns(pl.col("aspect").replace_strict(w, return_dtype=pl.Float64).alias("w"))
-          .group_by("request_id", "prompt_id", "image_id")
+          .group_by("request_id", "annotator", "prompt_id", "image_id", "shown_position")
           .agg(((pl.col("score") * pl.col("w")).sum() / pl.col("w").sum()).alias("score"))
           .with_columns(pl.lit(schema.OVERALL).alias("aspect"))
-          .select("request_id", "prompt_id", "image_id", "aspect", "score"))
+          .select(cols))
     return pl.concat([j, ov]), "+".join(sorted(have))
 
 
 def build_pairs(run: Run, *, overall: str = "mean", min_margin: float = 0.0,
-                annotators: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                annotators: list[str] | None = None, debias: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rankings and pairs from the ``ok`` annotations, without writing them (see :func:`make_pairs`)."""
+    if debias is not None and debias not in DEBIAS:
+        raise InputError(f"--debias must be one of {', '.join(DEBIAS)}, got {debias!r}")
     j, label = judgements(as_run(run), annotators, overall)
+    if debias == "positions":
+        j = position.debias(j.collect())[0].lazy()
     a = j.rename({"image_id": "a", "score": "sa"})
     b = j.select("request_id", "aspect", pl.col("image_id").alias("b"), pl.col("score").alias("sb"))
     d = (a.join(b, on=["request_id", "aspect"]).filter(pl.col("a") < pl.col("b"))
@@ -121,11 +134,12 @@ class PairsResult(Result):
 
 
 def make_pairs(run: Run | str, *, overall: str = "mean", min_margin: float = 0.0,
-               annotators: list[str] | None = None) -> PairsResult:
+               annotators: list[str] | None = None, debias: str | None = None) -> PairsResult:
     """:func:`build_pairs` then :func:`save_pairs`, recorded in the manifest as the ``pairs`` command."""
     run = as_run(run)
-    rankings, pairs = build_pairs(run, overall=overall, min_margin=min_margin, annotators=annotators)
-    with run.command("pairs", {"overall": overall, "min_margin": min_margin, "annotators": annotators}):
+    rankings, pairs = build_pairs(run, overall=overall, min_margin=min_margin, annotators=annotators, debias=debias)
+    with run.command("pairs", {"overall": overall, "min_margin": min_margin, "annotators": annotators,
+                               "debias": debias}):
         save_pairs(run, rankings, pairs)
     return PairsResult(rankings, pairs)
 
@@ -137,12 +151,11 @@ def judge_scores(annotations: pl.DataFrame, model: str = "judge") -> pl.DataFram
             .select(list(schema.SCHEMAS["scores"])))
 
 
-def position_bias(run: Run, annotator: str | None = None) -> pl.DataFrame:
-    """Mean score by shown position minus the overall mean, per aspect (0 everywhere = no bias)."""
+def position_bias(run: Run, annotator: str | None = None, *, n_boot: int = position.N_BOOT) -> pl.DataFrame:
+    """Estimated effect of each shown position per aspect, with a 95% CI (:func:`vprefer.annotate.position.estimate`;
+    0 everywhere = no bias). Pooled over annotators unless one is named."""
     ann = as_run(run).scan("annotations").filter(pl.col("status") == "ok")
     if annotator:
         ann = ann.filter(pl.col("annotator") == annotator)
-    return (ann.with_columns(pl.col("score").mean().over("aspect").alias("_mu"))
-            .group_by("aspect", "shown_position")
-            .agg(pl.len().alias("n"), (pl.col("score").mean() - pl.col("_mu").first()).alias("bias"))
-            .sort("aspect", "shown_position").collect())
+    cols = ["annotator", "prompt_id", "request_id", "image_id", "aspect", "shown_position", "score"]
+    return position.estimate(ann.select(cols).collect(), n_boot=n_boot)

@@ -51,6 +51,9 @@ class AnnotatorPreset(Recipe):
                                                        "a crash can be fetched back instead of paid again")
     rubric: str = "visionprefer-v1"
     permutations: int = Field(1, ge=1, le=24)
+    order_design: Optional[Literal["balanced", "random"]] = Field(
+        None, description="how the permutations' orders are chosen (vprefer/annotate/orders.py); default: "
+                          "balanced for a run's first requests, else the design its requests were planned with")
     output_tokens_per_image: Optional[int] = Field(None, ge=1, description="override the output estimate (default: "
                                                    "this run's measured answers, else the rubric's answer shape)")
     prices: Prices = Prices()

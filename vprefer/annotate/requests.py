@@ -2,24 +2,27 @@
 
 A request's id is a content hash of (annotator, rubric, prompt, image set,
 permutation index), so the same command on the same run plans the same ids:
-that is what lets a rerun skip everything already answered.
+that is what lets a rerun skip everything already answered. The order behind
+each index comes from the run's pinned order design (:func:`order_design`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import random
 from dataclasses import dataclass
-from itertools import permutations as all_perms
 from pathlib import Path
 
 import polars as pl
 
+from vprefer.annotate.orders import shown_orders
 from vprefer.annotate.preset import AnnotatorPreset
 from vprefer.annotate.rubric import Rubric
+from vprefer.errors import InputError
 from vprefer.ids import short_hash
 from vprefer.images import jpeg_data_url
-from vprefer.store import Run
+from vprefer.llm import Journal
+from vprefer.store import Run, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -37,25 +40,58 @@ class JudgeRequest:
         return len(self.shown)
 
 
-def shown_orders(prompt_id: str, n: int, k: int) -> list[list[int]]:
-    """``k`` distinct shuffled orders of ``range(n)`` (as many as exist if n! < k), seeded by the prompt."""
-    rng = random.Random(int(short_hash("perm", prompt_id), 16))
-    if math.factorial(n) <= k:
-        orders = [list(p) for p in all_perms(range(n))]
-        rng.shuffle(orders)
-        return orders
-    seen, out = set(), []
-    while len(out) < k:
-        o = list(range(n))
-        rng.shuffle(o)
-        if tuple(o) not in seen:
-            seen.add(tuple(o))
-            out.append(o)
-    return out
+def _design_file(run: Run, preset: AnnotatorPreset) -> Path:
+    return run.path / "state" / f"orders-{preset.slug}.json"
 
 
-def plan(run: Run, preset: AnnotatorPreset, rubric: Rubric, *, limit: int | None = None) -> list[JudgeRequest]:
-    """Every request this annotator would make on this run (done or not), in a stable order."""
+def _has_history(run: Run, preset: AnnotatorPreset) -> bool:
+    """Did this annotator ask anything on this run before order designs were pinned?"""
+    if Journal.path_for(run, preset.slug).exists() or (run.path / "state" / f"batches-{preset.slug}.json").exists():
+        return True
+    return run.has("annotations") and bool(
+        run.scan("annotations").filter(pl.col("annotator") == preset.annotator_id).select(pl.len()).collect().item())
+
+
+def order_design(run: Run, preset: AnnotatorPreset) -> str:
+    """The design this annotator's requests on this run are planned with.
+
+    Request ids hash the permutation *index*, not the order, so the order behind an index must never change
+    once a request may have been sent: the design is pinned per run and annotator (``RUN/state/orders-*.json``,
+    written by :func:`pin_order_design` when requests first go out). A run this annotator asked before designs
+    were pinned keeps the random design, so its requests keep their ids and orders; a new run takes the
+    preset's design (balanced unless it says ``random``). Asking another design on a pinned run is an error:
+    the same permutation index would mean two different orders.
+    """
+    path = _design_file(run, preset)
+    if path.exists():
+        pinned, why = json.loads(path.read_text())["design"], "planned"
+    elif _has_history(run, preset):
+        pinned, why = "random", "planned before order designs existed, so"
+    else:
+        return preset.order_design or "balanced"
+    if preset.order_design and preset.order_design != pinned:
+        raise InputError(f"{run.path}: {preset.annotator_id}'s requests here were {why} with {pinned} orders; "
+                         f"order_design={preset.order_design} would give the same requests other orders. "
+                         "Use a preset with another name (a new annotator) to ask again with them")
+    return pinned
+
+
+def pin_order_design(run: Run, preset: AnnotatorPreset, design: str) -> None:
+    """Record the design before the first request goes out (a no-op once recorded)."""
+    path = _design_file(run, preset)
+    if not path.exists():
+        run.subdir("state")
+        atomic_write_json(path, {"design": design, "annotator": preset.annotator_id})
+
+
+def plan(run: Run, preset: AnnotatorPreset, rubric: Rubric, *, limit: int | None = None,
+         pin: bool = True) -> list[JudgeRequest]:
+    """Every request this annotator would make on this run (done or not), in a stable order, with orders
+    from :func:`order_design`; ``pin`` records that design (everything but a dry run: whatever is planned
+    may be sent)."""
+    design = order_design(run, preset)
+    if pin:
+        pin_order_design(run, preset, design)
     sets = (run.read("images").sort("prompt_id", "image_id")
             .group_by("prompt_id", maintain_order=True)
             .agg("image_id", pl.col("width").fill_null(512), pl.col("height").fill_null(512)))
@@ -66,7 +102,7 @@ def plan(run: Run, preset: AnnotatorPreset, rubric: Rubric, *, limit: int | None
     for pid, ids, ws, hs in sets.iter_rows():
         ids = tuple(ids)
         size = dict(zip(ids, zip(ws, hs)))
-        for k, order in enumerate(shown_orders(pid, len(ids), preset.permutations)):
+        for k, order in enumerate(shown_orders(pid, len(ids), preset.permutations, design)):
             shown = tuple(ids[i] for i in order)
             rid = short_hash(preset.annotator_id, rubric.hash, pid, ids, k, n=24)
             out.append(JudgeRequest(rid, pid, prompts.get(pid, ""), ids, shown, k, tuple(size[i] for i in shown)))

@@ -58,7 +58,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     aspects = list(rubric.aspects)
     ledger = ledger_for(run, preset.slug, preset.annotator_id)
     fold(run, ledger, aspects)  # answers journalled by a process that died before folding them
-    reqs = plan(run, preset, rubric, limit=limit)
+    reqs = plan(run, preset, rubric, limit=limit, pin=not dry_run)
     todo = pending(reqs, ledger.done)
     res = AnnotateResult(planned=len(reqs), already_done=len(reqs) - len(todo), todo=len(todo), dry_run=dry_run)
     est = Estimator.for_run(run, preset, rubric)
@@ -107,9 +107,9 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                 while wait and batches.wait(by_id, poll_s=poll_s, timeout_s=wait_timeout_s):
                     left = pending(todo, ledger.done)
                     rounds += 1
-                    if not left or rounds > preset.max_retries:
+                    if not left or rounds > preset.max_retries + preset.invalid_retries:
                         break
-                    batches.submit(left, image_uris(run))  # error-file lines: not billed, ask again
+                    batches.submit(left, image_uris(run))  # error-file lines (not billed) and re-asks
                 if not wait:
                     batches.poll(by_id)
         finally:

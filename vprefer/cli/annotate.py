@@ -22,9 +22,12 @@ def _preset(name: str, **overrides) -> AnnotatorPreset:
 
 
 def bias_table(bias) -> Table:
-    t = Table("aspect", "shown position", "n", "mean - overall", title="position bias")
+    effects = ",".join(sorted(set(bias["effects"]))) if "effects" in bias.columns else ""
+    t = Table("aspect", "shown position", "n", "effect (points)", "95% CI",
+              title=f"position bias (vs the average position; {effects} fixed effects)")
     for r in bias.iter_rows(named=True):
-        t.add_row(r["aspect"], str(r["shown_position"]), f"{r['n']:,}", f"{r['bias']:+.3f}")
+        ci = f"[{r['lo']:+.3f}, {r['hi']:+.3f}]" if r["lo"] == r["lo"] else "-"  # NaN: one prompt, no bootstrap
+        t.add_row(r["aspect"], str(r["shown_position"]), f"{r['n']:,}", f"{r['bias']:+.3f}", ci)
     return t
 
 
@@ -105,13 +108,17 @@ def pairs(
                                 "weights:prompt_following=2,aesthetics=1,fidelity=1,harmlessness=1"),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Score differences up to this are ties (kept, flagged)."),
     annotators: Optional[str] = typer.Option(None, "--annotators", help="Comma-separated annotator ids (default: all)."),
+    debias: Optional[str] = typer.Option(None, "--debias", help="positions: subtract each annotator's estimated "
+                                         "effect of the shown position before ranking (for one order per set, "
+                                         "or unbalanced orders)."),
 ) -> None:
     """Aggregate annotations (over permutations and annotators) into rankings and preference pairs."""
     run = Run(run_dir)
     t0 = time.perf_counter()
     names = [a.strip() for a in annotators.split(",")] if annotators else None
-    r = make_pairs(run, overall=overall, min_margin=min_margin, annotators=names)
-    out.print(f"{r.rankings.height:,} rankings, {r.pairs.height:,} pairs ({r.ties:,} ties) "
+    r = make_pairs(run, overall=overall, min_margin=min_margin, annotators=names, debias=debias)
+    how = " (scores debiased by the estimated position effects)" if debias else ""
+    out.print(f"{r.rankings.height:,} rankings, {r.pairs.height:,} pairs ({r.ties:,} ties){how} "
               f"in {time.perf_counter() - t0:.2f}s")
 
 

@@ -91,7 +91,9 @@ class BatchRunner(Generic[T]):
         def flush() -> None:
             nonlocal lines, ids, size
             if lines:
-                name = f"chunk-{short_hash(ids, n=16)}.jsonl"
+                # salted with the submissions so far: the same requests asked again (error-file lines,
+                # re-asks) get a new chunk, never an earlier batch found again by its metadata
+                name = f"chunk-{short_hash(ids, len(self.state.entries), n=16)}.jsonl"
                 atomic_write_bytes(folder / name, b"".join(lines))
                 chunks.append((folder / name, ids))
             lines, ids, size = [], [], 0
