@@ -79,3 +79,49 @@ def test_generate_splits_prompts_with_nothing_twice_or_missing(world):
     imgs = Run(world / "run").read("images").filter(__import__("polars").col("generator").str.starts_with("tiny"))
     keys = list(zip(imgs["prompt_id"], imgs["generator"], imgs["seed"]))
     assert len(keys) == len(set(keys)) == 6 * 2 * 2  # 6 prompts x 2 generators x 2 images, each exactly once
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_train_reward_on_two_processes_writes_once_and_stays_in_sync(world):
+    import yaml
+
+    from vprefer.recipes import REPO
+
+    r = yaml.safe_load((REPO / "reward" / "vp-score-tiny.yaml").read_text())
+    r["backbone"]["name_or_path"] = str(world / "tiny-clip")
+    r["training"].update(max_steps=3, save_steps=3, eval_steps=3, val_fraction=0.25)
+    (world / "rm.yaml").write_text(yaml.safe_dump(r))
+    p = launch(["train-reward", "--recipe", "rm.yaml", "--data", "run", "--out", "vps"], world)
+    assert p.stdout.count("trained vp-score-tiny") == 1, p.stdout  # reported once, not once per process
+    s = json.loads((world / "vps" / "train_summary.json").read_text())
+    assert s["steps"] == 3 and s["distributed/processes"] == 2 and s["distributed/params_in_sync"] is True
+    assert (world / "vps" / "vpscore_config.json").exists()
+    assert [p.name for p in (world / "vps" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-3"]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_refl_on_two_processes_stays_in_sync_writes_once_and_resumes(world):
+    import yaml
+
+    from vprefer.recipes import REPO
+    from vprefer.reward.build import build
+    from vprefer.reward.recipe import RewardRecipe
+    from vprefer.testing.stand_ins import ensure_backbone
+
+    rr = RewardRecipe.load("vp-score-tiny")
+    rr.backbone.name_or_path = str(world / "tiny-clip-refl")
+    ensure_backbone(rr)
+    build(rr).save_pretrained(world / "reward")  # untrained: still a differentiable reward
+    r = yaml.safe_load((REPO / "rl" / "refl-tiny.yaml").read_text())
+    r.update(save_steps=2, eval_every=0)
+    (world / "refl.yaml").write_text(yaml.safe_dump(r))
+    (world / "p.txt").write_text("a red circle\na blue square\na green triangle\na yellow circle\n")
+    args = ["rl", "refl", "--recipe", "refl.yaml", "--reward", "reward", "--prompts", "p.txt",
+            "--pretrain-data", "run", "--out", "refl"]
+    launch([*args, "--max-steps", "2"], world)
+    after = [x for x in metrics(world / "refl") if x.get("phase") == "after"]
+    assert len(after) == 1 and after[0]["distributed/processes"] == 2 and after[0]["distributed/params_in_sync"] is True
+    assert (world / "refl" / "pytorch_lora_weights.safetensors").exists()
+    launch([*args, "--max-steps", "4", "--resume"], world)
+    after = [x for x in metrics(world / "refl") if x.get("phase") == "after"]
+    assert [x["step"] for x in after] == [2, 4] and after[-1]["distributed/params_in_sync"] is True

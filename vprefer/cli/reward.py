@@ -26,6 +26,7 @@ def train_reward(
 
     Runs on one CPU or GPU as is; `accelerate launch -m vprefer train-reward ...` runs it on several GPUs.
     """
+    from vprefer.dist import state
     from vprefer.reward.recipe import RewardRecipe
     from vprefer.reward.train import train_reward as train_api
 
@@ -35,8 +36,12 @@ def train_reward(
     runs = [d.strip() for d in data.split(",")]
     for d in runs:
         as_run(d)  # a wrong --data fails in one line before any model is built or OUT is made
-    ensure_backbone(r)
+    main = state()
+    with main.main_process_first():  # several processes: the stand-in backbone is built once
+        ensure_backbone(r)
     s = train_api(r, runs, out_dir, resume=resume)
+    if not main.is_main_process:
+        return
     out.print(f"trained {r.name}: {s['train_pairs']:,} train pairs ({s['train_prompts']} prompts), "
               f"{s['val_pairs']:,} validation pairs, {s['steps']} steps, loss {s['train_loss']:.4f}")
     if "val" in s:

@@ -17,6 +17,7 @@ from vprefer.reward.data import PairCollator, PairDataset, load_pairs, split_by_
 from vprefer.reward.model import VPScore
 from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.trainer import VPScoreConfig, VPScoreTrainer, pair_accuracy
+from vprefer.dist import params_in_sync
 from vprefer.secrets import redact
 
 
@@ -59,9 +60,7 @@ def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Pa
                              data_collator=PairCollator(model), compute_metrics=pair_accuracy, aspects=recipe.aspects)
     ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     result = trainer.train(resume_from_checkpoint=str(ckpts[-1]) if resume and ckpts else None)
-    model.calibration = calibrate(model, val_df if val_df.height else train_df)
-    model.save_pretrained(out)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(redact(recipe.resolved()), sort_keys=False))
+    model.calibration = calibrate(model, val_df if val_df.height else train_df)  # same on every rank
     trainable = [p for p in model.parameters() if p.requires_grad]
     weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     summary = {"trainable_params": sum(p.numel() for p in trainable),
@@ -74,6 +73,10 @@ def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Pa
                "train_pairs_per_s": result.metrics.get("train_samples_per_second"),
                "runs": [str(r) for r in runs], "resumed_from": str(ckpts[-1]) if resume and ckpts else None}
     if val_df.height:
-        summary["val"] = {k: v for k, v in trainer.evaluate().items()}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        summary["val"] = {k: v for k, v in trainer.evaluate().items()}  # a collective: every rank takes part
+    summary.update(params_in_sync(trainable))
+    if trainer.is_world_process_zero():  # with several processes the model and its records are written once
+        model.save_pretrained(out)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(redact(recipe.resolved()), sort_keys=False))
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

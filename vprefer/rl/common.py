@@ -23,6 +23,7 @@ from transformers import TrainingArguments, get_scheduler
 
 from vprefer.recipes import RecipeError, load_config
 from vprefer.diffusion import add_lora, grid, load_pipeline, save_lora, stand_in_must_exist
+from vprefer.dist import params_in_sync
 
 
 @dataclass
@@ -254,16 +255,7 @@ class DiffusionTrainerBase:
 
     def sync_check(self) -> dict:
         """With several processes: are the trained weights the same on every rank? (DDP should keep them so.)"""
-        n = self.acc.num_processes
-        if n == 1:
-            return {}
-        with torch.no_grad():
-            flat = torch.cat([p.detach().float().flatten() for p in self.params])
-            sig = torch.stack([flat.sum(), flat.pow(2).sum(), (flat * torch.arange(len(flat), device=flat.device)
-                                                               .remainder(97)).sum()]).unsqueeze(0)
-        every = self.acc.gather(sig.to(self.acc.device))
-        return {"distributed/processes": n,
-                "distributed/params_in_sync": bool(torch.allclose(every, every[:1].expand_as(every), rtol=1e-6, atol=1e-6))}
+        return params_in_sync(self.params)
 
     def train(self, resume: bool = False) -> list[dict]:
         self.out.mkdir(parents=True, exist_ok=True)
