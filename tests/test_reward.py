@@ -178,8 +178,12 @@ def test_four_bit_lora_path_on_cpu(world, tmp_path):
     assert all(math.isfinite(v[0]) for v in s.values())
 
 
-def test_blip_cross_encoder_trains_and_reloads(world, tmp_path):
-    r = recipe(tmp_path, backbone__kind="blip", backbone__tiny="blip", freeze_ratio=0.5)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_blip_cross_encoder_trains_and_reloads(world, tmp_path, checkpointing):
+    # with gradient checkpointing (as reward/vp-score-blip.yaml) and frozen embeddings, BLIP's in-place add of
+    # position embeddings met a leaf that requires grad: found by the full-size rehearsal
+    r = recipe(tmp_path, backbone__kind="blip", backbone__tiny="blip", freeze_ratio=0.5,
+               training__gradient_checkpointing=checkpointing)
     ensure_backbone(r)
     s = train_reward(r, [world], tmp_path / "b")
     assert s["steps"] == 3

@@ -30,6 +30,39 @@ def freeze_lower(backbone: torch.nn.Module, ratio: float) -> int:
     return frozen
 
 
+def input_grads_without_leaf(model) -> None:
+    """Make the token embeddings' output require grad as transformers does, but as a non-leaf tensor.
+
+    With gradient checkpointing, transformers hooks the input embeddings so their output requires grad
+    (by making it a leaf). BLIP's text encoder then adds the position embeddings to it in place, which
+    autograd refuses on a leaf ("a leaf Variable that requires grad is being used in an in-place
+    operation") when the embeddings are frozen (``freeze_ratio``) - found by the full-size rehearsal
+    of reward/vp-score-blip.yaml. The replacement hook returns ``output * 1``, which keeps the gradient
+    path and is not a leaf.
+    """
+    from transformers import PreTrainedModel
+
+    if not getattr(model, "_require_grads_hooks", None):
+        return
+    model.disable_input_require_grads()
+
+    def hook(module, inputs, output):
+        return output if output.requires_grad else output.requires_grad_(True) * 1
+
+    seen, hooks = set(), []
+    for m in model.modules():
+        if not isinstance(m, PreTrainedModel):
+            continue
+        try:
+            emb = m.get_input_embeddings()
+        except NotImplementedError:
+            continue
+        if emb is not None and id(emb) not in seen:
+            seen.add(id(emb))
+            hooks.append(emb.register_forward_hook(hook))
+    model._require_grads_hooks = hooks
+
+
 def build(recipe: RewardRecipe) -> VPScore:
     bb = recipe.backbone
     if bb.tiny and not Path(bb.name_or_path).exists():  # stand-ins are built by the CLI/demo, not the library
@@ -51,6 +84,8 @@ def build(recipe: RewardRecipe) -> VPScore:
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=gc)
     elif gc:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gc:
+        input_grads_without_leaf(backbone)
     if recipe.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -67,3 +102,26 @@ def build(recipe: RewardRecipe) -> VPScore:
     return VPScore(backbone, tok, proc, kind=bb.kind, base=bb.name_or_path, aspects=recipe.aspects,
                    head_hidden=recipe.head_hidden, max_text_len=bb.max_text_len, quantization=recipe.quantization,
                    lora=recipe.lora.enabled)
+
+
+def init_from(model: VPScore, path: str | Path) -> int:
+    """Copy a trained VP-Score's backbone weights and heads into ``model`` (built from a recipe, maybe wrapped
+    with LoRA); returns the number of tensors copied. LoRA adapters of ``model`` stay at their zero start, so
+    before training it scores exactly as the trained model does."""
+    src = VPScore.from_pretrained(path, device="cpu", dtype=torch.float32, merge_lora=True)
+    if src.kind != model.kind or list(src.aspects) != list(model.aspects):
+        raise RecipeError(f"init_from {path}: a {src.kind} VP-Score with aspects {src.aspects}; the recipe builds a "
+                          f"{model.kind} one with {model.aspects}")
+    have = src.backbone.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, t in model.backbone.state_dict().items():
+            key = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+            if key in have and have[key].shape == t.shape and "lora_" not in name:
+                t.copy_(have[key].to(t.dtype))
+                copied += 1
+    if copied < len(have) * 0.9:
+        raise RecipeError(f"init_from {path}: only {copied} of {len(have)} backbone tensors match the recipe's "
+                          "backbone; is it the same architecture?")
+    model.heads.load_state_dict(src.heads.state_dict())
+    return copied
