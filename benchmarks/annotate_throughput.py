@@ -1,15 +1,21 @@
-"""Online annotation throughput against the embedded judge (200 ms latency).
+"""Online annotation throughput against the embedded judge in separate processes (200 ms latency).
 
-Prints achieved requests/s / (concurrency / latency) — the bound set by latency
-and concurrency alone — and the speed-up over a sequential one-request-at-a-time
-loop through the same openai client (measured on a sample, same run).
+Prints, for each concurrency, achieved requests/s / (concurrency / latency) —
+the bound set by latency and concurrency alone — and the client's CPU time per
+request (user + system CPU of this process during ``annotate()``, which
+includes planning and folding; the judge's CPU is in its own process). Then a
+pool: judge servers with a fixed capacity (``--capacity`` batch slots each, as
+a vLLM replica has), one server vs two behind one preset; the ratio should be
+close to 2. Finally the speed-up over a sequential one-request-at-a-time loop
+through the same openai client (measured on a sample, same run).
 
-    python benchmarks/annotate_throughput.py [--sets 1000] [--concurrency 32] [--latency 0.2]
+    python benchmarks/annotate_throughput.py [--sets 1000] [--concurrency 32 64] [--latency 0.2]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import socket
 import subprocess
 import sys
@@ -45,44 +51,84 @@ def wait_healthy(base_url: str, timeout: float = 30.0) -> None:
     raise RuntimeError("judge server did not start")
 
 
+def start_judge(latency: float, capacity: int = 0) -> tuple[subprocess.Popen, str]:
+    """The judge in its own process, as a real server would be (no shared GIL with the client)."""
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "vprefer", "judge-server", "--port", str(port),
+                            "--latency", str(latency), "--capacity", str(capacity)], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_healthy(url)
+    return srv, url
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(run_dir: Path, preset: AnnotatorPreset) -> tuple[float, float, int]:
+    """(req/s, client CPU ms per request, requests ok)."""
+    c0, t0 = cpu_s(), time.perf_counter()
+    res = annotate(run_dir, preset)
+    el, cpu = time.perf_counter() - t0, cpu_s() - c0
+    return res.ok / el, 1000 * cpu / max(1, res.ok), res.ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--capacity", type=int, default=16, help="batch slots per server in the pool comparison")
+    ap.add_argument("--pool-sets", type=int, default=400)
     ap.add_argument("--sequential-sample", type=int, default=20)
     a = ap.parse_args()
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ingest(write_dataset(tmp / "syn", a.sets, 4, size=48), tmp / "run")
-        # the judge runs in its own process, as a real server would (no shared GIL with the client)
-        port = free_port()
-        srv = subprocess.Popen([sys.executable, "-m", "vprefer", "judge-server", "--port", str(port),
-                                "--latency", str(a.latency)], stdout=subprocess.DEVNULL)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_healthy(base_url)
-        preset = AnnotatorPreset.load("local-judge", base_url=base_url, concurrency=a.concurrency,
-                                      permutations=1)
-        t0 = time.perf_counter()
-        res = annotate(tmp / "run", preset)
-        el = time.perf_counter() - t0
-        rps = res.ok / el
-        bound = a.concurrency / a.latency
-        # sequential reference: the same requests, one at a time, same client and server
-        run, rubric = Run(tmp / "run"), Rubric.load(preset.rubric)
-        uris = image_uris(run)
-        client = openai.OpenAI(api_key="x", base_url=base_url, max_retries=0)
-        sample = plan(run, preset, rubric)[: a.sequential_sample]
-        t0 = time.perf_counter()
-        for r in sample:
-            client.chat.completions.create(**chat_body(r, preset, rubric, run, uris))
-        seq_rps = len(sample) / (time.perf_counter() - t0)
-        srv.terminate()
-        srv.wait()
-    print(f"requests: {res.ok} ok in {el:.2f}s at concurrency {a.concurrency}, latency {a.latency * 1000:.0f} ms")
-    print(f"achieved {rps:.1f} req/s; bound concurrency/latency = {bound:.1f} req/s")
-    print(f"ratio achieved/bound = {rps / bound:.3f} (target >= 0.85)")
-    print(f"sequential loop: {seq_rps:.2f} req/s; speed-up = {rps / seq_rps:.1f}x")
+        data = write_dataset(tmp / "syn", a.sets, 4, size=48)
+        srv, base_url = start_judge(a.latency)
+        try:
+            for k, conc in enumerate(a.concurrency):
+                ingest(data, tmp / f"run{k}")
+                preset = AnnotatorPreset.load("local-judge", base_url=base_url, concurrency=conc, permutations=1)
+                rps, cpu_ms, ok = timed(tmp / f"run{k}", preset)
+                bound = conc / a.latency
+                lines.append(f"concurrency {conc}: {ok} ok, {rps:.1f} req/s; bound {bound:.0f} req/s; "
+                             f"ratio {rps / bound:.3f}; client CPU {cpu_ms:.2f} ms/request")
+            # sequential reference: the same requests, one at a time, same client and server
+            run, preset = Run(tmp / "run0"), AnnotatorPreset.load("local-judge", base_url=base_url)
+            rubric, uris = Rubric.load(preset.rubric), image_uris(run)
+            client = openai.OpenAI(api_key="x", base_url=base_url, max_retries=0)
+            sample = plan(run, preset, rubric, pin=False)[: a.sequential_sample]
+            t0 = time.perf_counter()
+            for r in sample:
+                client.chat.completions.create(**chat_body(r, preset, rubric, run, uris))
+            seq_rps = len(sample) / (time.perf_counter() - t0)
+        finally:
+            srv.terminate()
+            srv.wait()
+        # a pool: servers of fixed capacity; the client's concurrency is enough to fill two
+        small = write_dataset(tmp / "syn-pool", a.pool_sets, 4, size=48)
+        servers = [start_judge(a.latency, a.capacity) for _ in range(2)]
+        try:
+            conc = 4 * a.capacity
+            ingest(small, tmp / "pool1")
+            one, _, _ = timed(tmp / "pool1", AnnotatorPreset.load(
+                "local-judge", base_url=servers[0][1], concurrency=conc, permutations=1))
+            ingest(small, tmp / "pool2")
+            two, _, _ = timed(tmp / "pool2", AnnotatorPreset.load(
+                "local-judge", base_urls=[u for _, u in servers], concurrency=conc, permutations=1))
+        finally:
+            for s, _ in servers:
+                s.terminate()
+                s.wait()
+    for ln in lines:
+        print(ln)
+    print(f"pool (capacity {a.capacity} per server, concurrency {conc}): one server {one:.1f} req/s, "
+          f"two {two:.1f} req/s; ratio two/one = {two / one:.2f} (bound per server {a.capacity / a.latency:.0f})")
+    print(f"sequential loop: {seq_rps:.2f} req/s; speed-up at concurrency {a.concurrency[0]} = "
+          f"{float(lines[0].split(', ')[1].split()[0]) / seq_rps:.1f}x")
 
 
 if __name__ == "__main__":

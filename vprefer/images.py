@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import threading
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +88,50 @@ def jpeg_data_url(source: Path | bytes, max_side: int, quality: int = 90) -> str
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+class EncodeCache:
+    """Bounded LRU of re-encoded images, keyed by (file, size, mtime, max side).
+
+    Why: with several permutations, invalid-answer re-asks and transient retries
+    the same image is sent many times; re-encoding it each time was the largest
+    share of the client's CPU per request. Bounded by bytes (default 256 MB,
+    ``VPREFER_ENCODE_CACHE_MB``) so a million-image run does not grow without
+    limit; the key includes size and mtime so a replaced file is re-encoded.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._d: OrderedDict[tuple, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def data_url(self, path: Path, max_side: int) -> str:
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns, max_side)
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        url = jpeg_data_url(path, max_side)  # outside the lock: encodes of different images run in parallel
+        if len(url) <= self.max_bytes:
+            with self._lock:
+                if key not in self._d:
+                    self._d[key] = url
+                    self.bytes += len(url)
+                while self.bytes > self.max_bytes:
+                    self.bytes -= len(self._d.popitem(last=False)[1])
+        return url
+
+
+ENCODED = EncodeCache(int(float(os.environ.get("VPREFER_ENCODE_CACHE_MB", "256")) * 2 ** 20))
+
+
+def cached_jpeg_data_url(path: Path, max_side: int) -> str:
+    """:func:`jpeg_data_url` of a file, encoded once per max side (the detail level's) and reused."""
+    return ENCODED.data_url(Path(path), max_side)
 
 
 def decode_data_url(url: str) -> Image.Image:

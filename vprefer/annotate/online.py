@@ -41,7 +41,7 @@ class OnlineRunner:
         attempts, raw, judgement, status, error = 0, None, None, "invalid", None
         try:
             recover = req.request_id in self.in_flight_before and self.preset.store_completions
-            resp = await client.recover(req.request_id) if recover else None
+            resp = await client.recover(req.request_id, self.ledger.sent_at(req.request_id)) if recover else None
             body = None
             for attempts in range(1, self.preset.invalid_retries + 2):
                 if resp is None:

@@ -32,7 +32,12 @@ class AnnotatorPreset(Recipe):
     model: str
     base_url: Optional[str] = None
     base_url_env: Optional[str] = Field(None, description="env var holding the base URL (wins over base_url)")
-    mode: Literal["online", "batch"] = "online"
+    base_urls: list[str] = Field(default_factory=list, description="a pool of interchangeable servers (replicas): "
+                                 "least-outstanding-requests routing, failing servers taken out and retried later; "
+                                 "wins over base_url")
+    base_urls_env: Optional[str] = Field(None, description="env var holding the pool's URLs, comma-separated "
+                                         "(wins over base_urls)")
+    mode: Literal["online", "batch", "offline"] = "online"  # offline: chunk files for `vllm run-batch`
     api_key_env: str = "OPENAI_API_KEY"
     api_key_required: bool = True
     concurrency: int = Field(16, ge=1, le=4096)
@@ -80,6 +85,12 @@ class AnnotatorPreset(Recipe):
         if self.base_url_env and os.environ.get(self.base_url_env):
             return os.environ[self.base_url_env]
         return self.base_url
+
+    def resolved_base_urls(self) -> list[str]:
+        """The pool (empty: the one server of :meth:`resolved_base_url`)."""
+        if self.base_urls_env and os.environ.get(self.base_urls_env):
+            return [u.strip() for u in os.environ[self.base_urls_env].split(",") if u.strip()]
+        return list(self.base_urls)
 
     def api_key(self) -> str:
         key = os.environ.get(self.api_key_env)

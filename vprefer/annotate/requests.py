@@ -20,7 +20,7 @@ from vprefer.annotate.preset import AnnotatorPreset
 from vprefer.annotate.rubric import Rubric
 from vprefer.errors import InputError
 from vprefer.ids import short_hash
-from vprefer.images import jpeg_data_url
+from vprefer.images import cached_jpeg_data_url
 from vprefer.llm import Journal
 from vprefer.store import Run, atomic_write_json
 
@@ -136,11 +136,12 @@ def input_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) -> 
 
 
 def chat_body(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric, run: Run, uris: dict[str, str]) -> dict:
-    """The /v1/chat/completions body for one request (images re-encoded as JPEG data URLs)."""
+    """The /v1/chat/completions body for one request (images re-encoded as JPEG data URLs, once per
+    image and detail level: :func:`vprefer.images.cached_jpeg_data_url`)."""
     content: list[dict] = [{"type": "text", "text": rubric.user_text(req.prompt, req.n)}]
     for pos, iid in enumerate(req.shown, 1):
         src = run.resolve_uri(uris[iid])
-        url = src if isinstance(src, str) else jpeg_data_url(Path(src), preset.max_side)
+        url = src if isinstance(src, str) else cached_jpeg_data_url(Path(src), preset.max_side)
         content += [{"type": "text", "text": f"Image {pos}:"},
                     {"type": "image_url", "image_url": {"url": url, "detail": preset.image_detail}}]
     inline = None if preset.structured_output else rubric.json_schema()

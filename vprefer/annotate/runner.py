@@ -23,6 +23,7 @@ import polars as pl
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vprefer.annotate.batch import BatchRunner
+from vprefer.annotate.offline import fold_results, write_offline
 from vprefer.annotate.online import OnlineRunner
 from vprefer.annotate.pairs import position_bias
 from vprefer.annotate.preset import AnnotatorPreset
@@ -38,6 +39,9 @@ from vprefer.store import Run
 class AnnotateResult(Report):
     """The client layer's report, plus what only annotation measures."""
     bias: pl.DataFrame | None = field(default=None, repr=False)
+    chunk_files: list[str] = field(default_factory=list)  # offline mode: written by this call
+    waiting_files: list[str] = field(default_factory=list)  # offline mode: written before, not folded yet
+    folded: dict | None = None  # --results: line counts of the fold
 
 
 def _progress(enabled: bool) -> Progress:
@@ -45,20 +49,24 @@ def _progress(enabled: bool) -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("ok {task.fields[ok]} · failed {task.fields[failed]} · in flight {task.fields[inflight]}"),
         TextColumn("{task.fields[rate]:.1f} req/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        TextColumn("{task.fields[tokens]:,} tok · ${task.fields[cost]:.4f}"),
+        TextColumn("{task.fields[tokens]:,} tok · ${task.fields[cost]:.4f}"), TextColumn("{task.fields[servers]}"),
         disable=not enabled, transient=False,
     )
 
 
 def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = False, max_cost: float | None = None,
              limit: int | None = None, wait: bool = True, progress: bool = False,
-             poll_s: float | None = None, wait_timeout_s: float | None = None) -> AnnotateResult:
+             poll_s: float | None = None, wait_timeout_s: float | None = None,
+             results: list[Path] | None = None) -> AnnotateResult:
+    """``results``: fold these ``vllm run-batch`` output files (offline mode) and send nothing."""
     run = Run(run_dir)
     rubric = Rubric.load(preset.rubric)
     aspects = list(rubric.aspects)
     ledger = ledger_for(run, preset.slug, preset.annotator_id)
     fold(run, ledger, aspects)  # answers journalled by a process that died before folding them
     reqs = plan(run, preset, rubric, limit=limit, pin=not dry_run)
+    if results:
+        return _fold_results(run, preset, rubric, ledger, reqs, results)
     todo = pending(reqs, ledger.done)
     res = AnnotateResult(planned=len(reqs), already_done=len(reqs) - len(todo), todo=len(todo), dry_run=dry_run)
     est = Estimator.for_run(run, preset, rubric)
@@ -78,12 +86,13 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
             keep.append(r)
             acc += c
         todo = keep
-    preset.api_key()  # fail fast, before anything is written, if the key is missing
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    if preset.mode != "offline":  # offline chunks need no server and no key
+        preset.api_key()  # fail fast, before anything is written, if the key is missing
+    run_id = _run_id()
     recipe = {"annotator": preset.resolved(), "rubric": rubric.hash, "max_cost": max_cost, "limit": limit}
     with run.command("annotate", recipe) as entry, ledger, _progress(progress) as bar:
         task = bar.add_task(f"annotate {preset.name}", total=len(todo), ok=0, failed=0, inflight=0, rate=0.0,
-                            tokens=0, cost=0.0)
+                            tokens=0, cost=0.0, servers="")
         try:
             if preset.mode == "online":
                 t0 = time.monotonic()
@@ -91,11 +100,16 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                 def update(s: Report) -> None:
                     el = max(1e-9, time.monotonic() - t0)
                     bar.update(task, completed=s.done, ok=s.ok, failed=s.invalid + s.error, inflight=s.in_flight,
-                               rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd)
+                               rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd,
+                               servers=s.servers_line())  # a pool: per-server ok/failed
 
                 runner = OnlineRunner(run, preset, rubric, ledger, image_uris(run), run_id=run_id, report=res,
                                       budget_usd=max_cost, on_update=update, estimator=est)
                 asyncio.run(runner.run_all(todo))
+            elif preset.mode == "offline":
+                new, waiting = write_offline(run, preset, rubric, ledger, todo, image_uris(run), run_id=run_id,
+                                             report=res)
+                res.chunk_files, res.waiting_files = [str(p) for p in new], [str(p) for p in waiting]
             else:
                 batches = BatchRunner(run, preset, rubric, ledger, run_id=run_id, report=res,
                                       on_update=lambda r: bar.update(task, completed=r.ok + r.invalid, ok=r.ok,
@@ -118,4 +132,21 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                      stopped_for_budget=res.stopped_for_budget)
     res.spent_total_usd = ledger.spent_usd
     res.bias = position_bias(run, preset.annotator_id)
+    return res
+
+
+def _run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _fold_results(run: Run, preset: AnnotatorPreset, rubric: Rubric, ledger, reqs, results: list[Path]
+                  ) -> AnnotateResult:
+    res, run_id = AnnotateResult(planned=len(reqs)), _run_id()
+    recipe = {"annotator": preset.resolved(), "rubric": rubric.hash, "results": [str(p) for p in results]}
+    with run.command("annotate --results", recipe) as entry, ledger:
+        res.folded = fold_results(run, preset, rubric, ledger, reqs, list(results), run_id=run_id, report=res)
+        entry.update(ok=res.ok, invalid=res.invalid, error=res.error, cost_usd=res.cost_usd, run_id=run_id)
+    left = pending(reqs, ledger.done)
+    res.already_done, res.todo, res.spent_total_usd = len(reqs) - len(left), len(left), ledger.spent_usd
+    res.bias = position_bias(run, preset.annotator_id) if run.has("annotations") else None
     return res

@@ -40,26 +40,35 @@ def annotate(
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this annotator's total spend "
                                              "on this run; stops cleanly before passing it (rerun to resume)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N image sets."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL; several, "
+                                           "comma-separated, make a pool (least-loaded routing, failover)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the preset's model."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="online | batch"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="online | batch | offline (write chunk files for "
+                                       "`vllm run-batch`; fold its outputs with --results)"),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Parallel requests (online mode)."),
     permutations: Optional[int] = typer.Option(None, "--permutations", help="Shown orders per image set "
                                                "(position-bias control)."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Batch mode: submit and return; rerun to collect."),
+    results: Optional[list[Path]] = typer.Option(None, "--results", help="Fold `vllm run-batch` output file(s) "
+                                                 "of offline chunks (repeat for several); sends nothing."),
 ) -> None:
     """Score every image set with an MLLM judge. Resumable: rerun the same command after any crash."""
-    preset = _preset(annotator, base_url=base_url, model=model, mode=mode, concurrency=concurrency,
-                     permutations=permutations)
+    urls = [u.strip() for u in base_url.split(",") if u.strip()] if base_url and "," in base_url else None
+    preset = _preset(annotator, base_url=None if urls else base_url, base_urls=urls, model=model, mode=mode,
+                     concurrency=concurrency, permutations=permutations)
     try:
         res = annotate_api(run_dir, preset, dry_run=dry_run, max_cost=max_cost, limit=limit, wait=not no_wait,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), results=results or None)
     except FatalAPIError as e:
         fail(f"{e}. Everything answered so far is saved.")
     t = Table("", "value", title=f"annotate {preset.annotator_id} ({preset.mode})")
     t.add_row("image sets x permutations", f"{res.planned:,}")
     t.add_row("already answered", f"{res.already_done:,}")
-    t.add_row("to send" if res.dry_run else "sent this time", f"{res.todo:,}")
+    t.add_row("to send" if res.dry_run or res.folded is not None else "sent this time", f"{res.todo:,}")
+    if res.folded is not None:
+        f = res.folded
+        t.add_row("results lines folded / failed / already folded / not ours",
+                  f"{f['answered']:,} / {f['failed']:,} / {f['already']:,} / {f['unknown']:,}")
     t.add_row("estimated tokens (in / out)", f"{res.est_input_tokens:,} / {res.est_output_tokens:,}")
     t.add_row("estimated cost", f"${res.est_cost_usd:.4f}")
     if res.est_basis:
@@ -77,6 +86,13 @@ def annotate(
     if res.open_batches:
         out.print(f"{res.open_batches} batch(es) still running; `vprefer batches {run_dir}` shows them, "
                   "rerun this command to collect")
+    if res.chunk_files or res.waiting_files:
+        out.print(f"{len(res.chunk_files)} new chunk file(s) for `vllm run-batch`"
+                  + (f", {len(res.waiting_files)} written before and not folded yet" if res.waiting_files else "")
+                  + "; run each, then fold the outputs back:")
+        for c in res.chunk_files + res.waiting_files:
+            out.print(f"  vllm run-batch -i {c} -o {c.removesuffix('.jsonl')}.out.jsonl --model {preset.model}")
+        out.print(f"  vprefer annotate {run_dir} --annotator {annotator} --results <out.jsonl> [--results ...]")
     if res.dry_run:
         out.print("dry run: nothing was sent")
 
@@ -134,13 +150,15 @@ def judge_server(
     stall_s: float = typer.Option(5.0, "--stall-s"),
     position_bias: float = typer.Option(0.0, "--position-bias", help="Score bonus for the image shown first."),
     seed: int = typer.Option(0),
+    capacity: int = typer.Option(0, "--capacity", help="At most this many requests served at once (a replica's "
+                                 "batch slots; more wait in a queue); 0: no limit."),
 ) -> None:
     """Start the embedded stand-in judge: an OpenAI-compatible server scoring by pixel statistics (offline demos/tests)."""
     from vprefer.testing.judge_server import Faults, JudgeServer
 
     srv = JudgeServer("127.0.0.1", port, Faults(latency_s=latency, rate_429=rate_429, rate_500=rate_500,
                                                   malformed_rate=malformed, stall_rate=stall, stall_s=stall_s,
-                                                  position_bias=position_bias, seed=seed))
+                                                  position_bias=position_bias, seed=seed, capacity=capacity))
     out.print(f"stand-in judge on {srv.base_url} (pixel statistics, not a model); Ctrl-C to stop")
     try:
         srv.serve_forever()

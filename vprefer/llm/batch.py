@@ -17,6 +17,14 @@ of these situations, each resumed without paying twice:
 Lines in the error file were not answered (and not billed): they are counted as
 ``error`` and stay pending, so the job submits them again.
 
+Offline batches (vLLM's ``vllm run-batch``, which reads and writes the same JSONL
+with no server): :meth:`BatchRunner.write_offline` writes the chunk files and
+records them in the same state file (status ``offline``: a rerun does not write
+the same requests again); :meth:`BatchRunner.fold_files` reads the output files
+back through the same answer path, joined on ``custom_id``. A chunk with at least
+one line in the folded files is then closed; its missing and failed lines are
+pending again, so the next offline run writes them into a new chunk.
+
 A job subclasses :class:`BatchRunner` and says what a request's body is
 (:meth:`~BatchRunner.body`) and what to make of an answer
 (:meth:`~BatchRunner.answer`); items are anything with a ``request_id``.
@@ -69,9 +77,16 @@ class BatchRunner(Generic[T]):
                  on_update: Callable[[Report], None] | None = None):
         self.run, self.settings = run, settings
         self.state = BatchState(run, settings)
-        self.client = sync_client(settings)
+        self._client = None
         self.report = report if report is not None else Report()
         self.on_update = on_update or (lambda r: None)
+
+    @property
+    def client(self):
+        """The Batch API client, made on first use: offline batches never need a server or a key."""
+        if self._client is None:
+            self._client = sync_client(self.settings)
+        return self._client
 
     # ----------------------------------------------------------------- the job's part
     def body(self, item: T) -> dict:
@@ -126,6 +141,8 @@ class BatchRunner(Generic[T]):
                 self._advance(e)
 
     def _advance(self, e: dict) -> None:
+        if e["status"] == "offline":  # waiting for `vllm run-batch` and a fold, not for a server
+            return
         if e["input_file_id"] is None:
             with open(self.state.dir / e["chunk"], "rb") as f:
                 e["input_file_id"] = self.client.files.create(file=(e["chunk"], f), purpose="batch").id
@@ -176,20 +193,86 @@ class BatchRunner(Generic[T]):
     def _collect(self, e: dict, b, by_id: dict[str, T]) -> None:
         outputs = self._download(b.output_file_id, f"{b.id}-output.jsonl")
         errors = self._download(b.error_file_id, f"{b.id}-errors.jsonl")
-        for line in outputs:
-            item = by_id.get(line.get("custom_id"))
-            if item is None:
-                continue
-            resp = line.get("response") or {}
-            if resp.get("status_code") == 200:
-                self.report.count(self.answer(item, resp["body"]))
-            else:
-                self.report.error += 1  # unanswered: stays pending for the next submission
+        self._answer_lines(outputs, by_id)
         self.report.error += len(errors)
         e["collected"] = True
         e["request_counts"] = b.request_counts.model_dump() if b.request_counts else None
         self.state.save()
         self.report.collected += 1
+
+    def _answer_lines(self, lines: list[dict], by_id: dict[str, T], done: set[str] | None = None) -> dict:
+        """Hand each answered output line to the job; ``done`` (ids already answered) are skipped."""
+        n = {"answered": 0, "failed": 0, "already": 0, "unknown": 0}
+        for line in lines:
+            cid = line.get("custom_id")
+            item = by_id.get(cid)
+            if item is None:
+                n["unknown"] += 1
+                continue
+            if done is not None and cid in done:
+                n["already"] += 1
+                continue
+            resp = line.get("response") or {}
+            if resp.get("status_code") == 200 and not line.get("error") and isinstance(resp.get("body"), dict):
+                self.report.count(self.answer(item, resp["body"]))
+                n["answered"] += 1
+                if done is not None:
+                    done.add(cid)
+            else:
+                self.report.error += 1  # unanswered: stays pending for the next submission
+                n["failed"] += 1
+        return n
+
+    # ----------------------------------------------------------------- offline (vllm run-batch)
+    def write_offline(self, items: list[T], folder: Path) -> list[Path]:
+        """Chunk files for ``vllm run-batch``, for requests not already in a chunk awaiting its fold."""
+        covered = self.state.covered()
+        out = []
+        for path, ids in self.write_chunks([r for r in items if r.request_id not in covered], folder):
+            self.state.entries.append({"chunk": path.name, "path": str(path), "request_ids": ids,
+                                       "input_file_id": None, "batch_id": None, "status": "offline",
+                                       "collected": False})
+            self.state.save()
+            self.report.submitted += len(ids)
+            out.append(path)
+        return out
+
+    def offline_chunks(self) -> list[dict]:
+        return [e for e in self.state.entries if e["status"] == "offline" and not e.get("collected")]
+
+    def fold_files(self, paths: list[Path], by_id: dict[str, T], done: set[str]) -> dict:
+        """Answers from output files of ``vllm run-batch`` (any order, any split into files); ids in ``done``
+        are skipped, so folding the same files twice journals nothing new."""
+        lines: list[dict] = []
+        for p in paths:
+            try:
+                raw = Path(p).read_bytes()
+            except OSError as ex:
+                raise InputError(f"{p}: cannot read results file ({ex.strerror})") from None
+            for k, x in enumerate(raw.splitlines(), 1):
+                if not x.strip():
+                    continue
+                try:
+                    rec = json.loads(x)
+                except ValueError:
+                    raise InputError(f"{p}:{k}: not a JSON line; expected `vllm run-batch` output") from None
+                if not isinstance(rec, dict) or "custom_id" not in rec:
+                    raise InputError(f"{p}:{k}: no custom_id; expected `vllm run-batch` output lines") from None
+                lines.append(rec)
+        n = self._answer_lines(lines, by_id, done)
+        n["seen"] = {ln["custom_id"] for ln in lines}
+        return n
+
+    def close_offline(self, seen: set[str]) -> int:
+        """After the fold's answers are durable: close the chunks these lines came from (their missing and
+        failed lines are pending again). Returns how many were closed."""
+        closed = 0
+        for e in self.offline_chunks():
+            if seen.intersection(e["request_ids"]):
+                e["collected"], e["status"] = True, "folded"
+                closed += 1
+        self.state.save()
+        return closed
 
     def wait(self, by_id: dict[str, T], *, poll_s: float | None = None, timeout_s: float | None = None) -> bool:
         t0 = time.monotonic()

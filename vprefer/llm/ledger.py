@@ -12,7 +12,10 @@ same as re-reading both places, at any moment, without doing so.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
+from contextlib import contextmanager
 from typing import Iterable
 
 from vprefer.llm.journal import Journal, read
@@ -30,8 +33,11 @@ class Ledger:
         self._unrecorded_usd = 0.0  # kept as a running sum: the send loop asks before every request
         self._answers: dict[str, dict] = {}  # first "done" per request: the one that was paid for
         self._sent: set[str] = set()
+        self._sent_at: dict[str, float] = {}  # wall-clock time of the last "sent" line per request
         self._lock = threading.Lock()
         self._journal: Journal | None = None
+        self._pending: list[tuple[dict, asyncio.Future]] = []  # group commit (awrite)
+        self._flushing = False
         for rec in read(self.path):
             self._observe(rec)
 
@@ -39,6 +45,7 @@ class Ledger:
         ev = rec.get("event")
         if ev == "sent":
             self._sent.add(rec["request_id"])
+            self._sent_at[rec["request_id"]] = float(rec.get("at") or 0.0)
         elif ev == "done" and rec["request_id"] not in self._answers:
             self._answers[rec["request_id"]] = rec
             if rec["request_id"] not in self._recorded:
@@ -56,6 +63,11 @@ class Ledger:
         process died."""
         with self._lock:
             return self._sent - self._answers.keys()
+
+    def sent_at(self, rid: str) -> float | None:
+        """When the request last left (wall clock, from its "sent" line), or None if it never did."""
+        with self._lock:
+            return self._sent_at.get(rid)
 
     @property
     def spent_usd(self) -> float:
@@ -97,9 +109,54 @@ class Ledger:
                 self._journal = Journal(self.run, self.name, kind=self.kind)
             return self._journal
 
+    def write_many(self, records: list[dict]) -> None:
+        for r in records:
+            if r.get("event") == "sent":
+                r.setdefault("at", time.time())  # so a resume knows whether the request may still be running
+        self._open().write_many(records)
+        with self._lock:
+            for r in records:
+                self._observe(r)
+
     async def awrite(self, record: dict) -> None:
-        """:meth:`write` off the event loop: fsync must not stall the other requests."""
-        await asyncio.to_thread(self.write, record)
+        """:meth:`write` off the event loop (fsync must not stall the other requests), as a group commit:
+        records awaited while a flush is under way go out together in the next one (one ``write``, one
+        fsync). Each caller still returns only once its record is durable."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((record, fut))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await fut
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await asyncio.to_thread(self.write_many, [r for r, _ in batch])
+                except BaseException as e:  # noqa: BLE001 - handed to every waiter of this batch
+                    for _, f in batch:
+                        if not f.done():
+                            f.cancel() if isinstance(e, asyncio.CancelledError) else f.set_exception(e)
+                    continue
+                for _, f in batch:
+                    if not f.done():
+                        f.set_result(None)
+        finally:
+            self._flushing = False
+
+    @contextmanager
+    def deferred_sync(self):
+        """Writes inside skip their own fsync; one fsync at the end. Only for answers whose source stays on
+        disk (a results file being folded): a crash inside loses lines that the next fold reads again."""
+        j = self._open()
+        j.durable = False
+        try:
+            yield self
+        finally:
+            j.durable = True
+            os.fsync(j._fd)
 
     def close(self) -> None:
         if self._journal is not None:

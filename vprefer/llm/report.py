@@ -47,9 +47,16 @@ class Report:
     submitted: int = 0
     collected: int = 0
     open_batches: int = 0
+    # a pool of servers: host:port -> {ok, failed, in_flight, down} (live; empty for one server)
+    servers: dict[str, dict] = field(default_factory=dict)
     # the whole run directory, after this run
     spent_total_usd: float = 0.0
     started: float = field(default_factory=time.monotonic, repr=False)
+
+    def servers_line(self) -> str:
+        """Per-server counts for a progress line (``host:port ok/failed``, ``down`` while out); empty for one."""
+        return " · ".join(f"{k} {v['ok']}/{v['failed']}{' down' if v['down'] else ''}"
+                          for k, v in self.servers.items())
 
     @property
     def done(self) -> int:

@@ -275,5 +275,8 @@ class DiffusionTrainerBase:
                 self.checkpoint()
         self.log({"phase": "after", **self.evaluate("after"), **self.sync_check()})
         self.save()
+        # every rank waits for the main one to finish writing, then all tear down together: a rank that
+        # destroys its process group while a peer is still busy leaves the peer's teardown waiting on it
+        self.acc.wait_for_everyone()
         self.acc.end_training()
         return self.history

@@ -2,15 +2,18 @@
 
 It speaks the parts of the protocol vprefer uses — ``POST /v1/chat/completions``
 (image inputs, ``response_format``, ``store``/``metadata``), ``GET
-/v1/chat/completions?metadata[k]=v`` (stored completions), ``/v1/files`` and
-``/v1/batches`` — and scores images by the pixel statistics documented in
-:mod:`vprefer.testing.judge_scoring`. It says so in every rationale.
+/v1/chat/completions?metadata[k]=v`` (stored completions), ``/v1/files``,
+``/v1/batches`` and ``POST /v1/images/generations`` — and scores images by the
+pixel statistics documented in :mod:`vprefer.testing.judge_scoring`. It says so
+in every rationale. Caption requests (images, no rubric) get captions and image
+generations get deterministic drawings (:mod:`vprefer.testing.judge_media`).
 
 Fault injection (all seeded, all switchable at runtime through ``POST /_config``):
 latency, 429 with ``Retry-After``, 500, malformed answers, stalls longer than the
 client's timeout, position bias, and failed lines in batch error files.
 ``GET /_stats`` reports how many times each request id was answered, which is
-how tests prove that nothing is paid twice.
+how tests prove that nothing is paid twice, and what the server billed (tokens,
+images), which is how client-side cost accounting is checked.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from urllib.parse import parse_qs, urlparse
 
 from vprefer.images import BadImage, decode_data_url
 from vprefer.schema import ASPECTS
+from vprefer.testing.judge_media import caption_text, generations, is_caption_request
 from vprefer.testing.judge_scoring import judge
 
 
@@ -46,6 +50,7 @@ class Faults:
     batch_delay_s: float = 0.0
     seed: int = 0
     api_key: str = ""  # when set, requests must carry "Authorization: Bearer <api_key>" (else 401)
+    capacity: int = 0  # a replica's batch slots: at most this many requests inside their latency (0: no limit)
 
 
 class JudgeState:
@@ -58,6 +63,16 @@ class JudgeState:
         self.stored: list[dict] = []
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
+        self.billed: Counter[str] = Counter()  # what the server charged: input/output tokens, images
+        self.slots = threading.Semaphore(faults.capacity) if faults.capacity else None  # fixed at start
+
+    def bill(self, rid: str | None, usage: dict, images: int = 0) -> None:
+        with self.lock:
+            if rid:
+                self.answered[rid] += 1
+            self.billed["input_tokens"] += usage.get("prompt_tokens", usage.get("input_tokens", 0))
+            self.billed["output_tokens"] += usage.get("completion_tokens", usage.get("output_tokens", 0))
+            self.billed["images"] += images
 
     def roll(self, p: float) -> bool:
         with self.lock:
@@ -95,7 +110,12 @@ def completion(state: JudgeState, body: dict) -> dict:
     text, images, system = _text_and_images(body.get("messages", []))
     m = re.search(r'Prompt:\s*"(.*)"', text, re.S)
     prompt = m.group(1) if m else text
-    if images:
+    if is_caption_request(system, text, images):  # recaptioning: a caption from the image's pixels
+        try:
+            answer = caption_text(system, images[0])
+        except (OSError, ValueError) as e:
+            raise BadImage(f"undecodable image ({e})") from None
+    elif images:
         aspects, ranking = _schema_aspects(body)
         sc = re.search(r"from (\d+) \(worst\) to (\d+)", system)
         lo, hi = (int(sc.group(1)), int(sc.group(2))) if sc else (1, 5)
@@ -171,7 +191,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_stats":
             with st.lock:
                 return self._send(200, {"answered": dict(st.answered), "requests": st.requests,
-                                        "batches": len(st.batches)})
+                                        "batches": len(st.batches), "billed": dict(st.billed)})
         if url.path == "/health":
             return self._send(200, {"ok": True})
         if url.path == "/v1/chat/completions":
@@ -210,6 +230,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, asdict(st.faults))
         if path == "/v1/chat/completions":
             return self._chat(json.loads(raw))
+        if path == "/v1/images/generations":
+            return self._images(json.loads(raw))
         if path == "/v1/files":
             return self._upload(raw)
         if path == "/v1/batches":
@@ -222,29 +244,50 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, b)
         return self._error(404, f"no route POST {path}")
 
-    def _chat(self, body: dict) -> None:
+    def _faulted(self) -> bool:
+        """Latency, then maybe an injected 429/500 (sent here: True) or a stall."""
         st, f = self.server.state, self.server.state.faults
         with st.lock:
             st.requests += 1
         if f.latency_s:
-            time.sleep(f.latency_s)
+            if st.slots is not None:  # a replica at capacity queues requests, as a serving engine's batch does
+                with st.slots:
+                    time.sleep(f.latency_s)
+            else:
+                time.sleep(f.latency_s)
         if st.roll(f.rate_429):
-            return self._error(429, "rate limited (injected)", "rate_limit_error",
-                               {"Retry-After": str(f.retry_after_s)})
+            self._error(429, "rate limited (injected)", "rate_limit_error", {"Retry-After": str(f.retry_after_s)})
+            return True
         if st.roll(f.rate_500):
-            return self._error(500, "server error (injected)", "server_error")
+            self._error(500, "server error (injected)", "server_error")
+            return True
         if st.roll(f.stall_rate):
             time.sleep(f.stall_s)
+        return False
+
+    def _chat(self, body: dict) -> None:
+        st = self.server.state
+        if self._faulted():
+            return
         try:
             resp = completion(st, body)
         except BadImage as e:
             return self._error(400, str(e))
         rid = self.headers.get("X-Vprefer-Request-Id") or (body.get("metadata") or {}).get("vprefer_request_id")
-        with st.lock:
-            if rid:
-                st.answered[rid] += 1
-            if body.get("store"):
+        st.bill(rid, resp["usage"])
+        if body.get("store"):
+            with st.lock:
                 st.stored.append(resp)
+        self._send(200, resp)
+
+    def _images(self, body: dict) -> None:
+        if self._faulted():
+            return
+        try:
+            resp = generations(body)
+        except (ValueError, TypeError) as e:
+            return self._error(400, str(e))
+        self.server.state.bill(self.headers.get("X-Vprefer-Request-Id"), resp["usage"], len(resp["data"]))
         self._send(200, resp)
 
     def _upload(self, raw: bytes) -> None:
@@ -319,8 +362,7 @@ class JudgeServer(ThreadingHTTPServer):
             except BadImage as e:
                 resp = {"status_code": 400, "request_id": uuid.uuid4().hex,
                         "body": {"error": {"message": str(e), "type": "invalid_request_error"}}}
-            with st.lock:
-                st.answered[cid] += 1
+            st.bill(cid, (resp["body"].get("usage") or {}) if resp["status_code"] == 200 else {})
             out.append({"id": f"batch_req_{uuid.uuid4().hex[:12]}", "custom_id": cid, "response": resp,
                         "error": None})
             b["request_counts"]["completed"] += 1
