@@ -196,3 +196,114 @@ def test_labeling_page_renders_in_headless_chromium(label_studio, judge, synth_r
     assert loaded >= 3, "the set's images did not load from local-files storage"
     assert stars >= 12, "rating controls did not render"
     assert "Prompt following" in text and "Rank the images" in text
+
+
+# ---------------------------------------------------------------------------- overlap, gold, pairwise, raters
+def judge_like(client, task, who, good: bool, gold_ids: set, lead_time: float):
+    """A scripted rater: a good one orders images by their id (smaller is better) and always puts a gold copy last;
+    a bad one gives the reverse of every order. Strict orders only, so the ceiling can be worked out by hand."""
+    ids = task.data["vprefer_images"]
+    order = sorted(ids, key=lambda i: (i in gold_ids, i))  # best first
+    if not good:
+        order = order[::-1]
+    rank = {iid: r for r, iid in enumerate(order, 1)}
+    result = []
+    if "image_a" in task.data:  # pairwise
+        choice = "Left" if rank[ids[0]] < rank[ids[1]] else "Right"
+        result = [{"from_name": a, "to_name": "left", "type": "choices", "value": {"choices": [choice]}}
+                  for a in ("prompt_following", "aesthetics", "fidelity", "harmlessness")]
+    else:
+        for i, iid in enumerate(ids, 1):
+            for a in ("prompt_following", "aesthetics", "fidelity", "harmlessness"):
+                result.append({"from_name": f"img{i}_{a}", "to_name": f"img{i}", "type": "rating",
+                               "value": {"rating": 6 - rank[iid]}})
+        result.append({"from_name": "rank", "to_name": "images", "type": "ranker",
+                       "value": {"ranker": {"rank": [str(ids.index(x) + 1) for x in order]}}})
+    return client.annotations.create(id=task.id, result=result, completed_by=who, lead_time=lead_time)
+
+
+def test_overlap_gold_pairwise_and_rater_quality(label_studio, judge, synth_run, tmp_path):
+    from vprefer.audit.labelstudio import _annotator_hash
+
+    annotate(synth_run, local_preset(judge))
+    run = Run(synth_run)
+    root = os.environ["VPREFER_TEST_LS_ROOT"]
+    r = push(synth_run, label_studio, n=3, overlap=3, gold=2, document_root=root)
+    assert r["imported"] == 5 and r["gold"] == 2 and set(r["projects"]) == {"sets-3"}
+    p = push(synth_run, label_studio, n=4, interface="pairwise", strategy="disagreement", overlap=3, gold=1,
+             document_root=root)
+    assert p["imported"] == 5 and set(p["projects"]) == {"sets-3", "pairwise"}
+    assert push(synth_run, label_studio, n=4, interface="pairwise", strategy="disagreement", overlap=3, gold=1,
+                document_root=root)["imported"] == 0
+    client = connect(label_studio)
+    sets_project = client.projects.get(r["projects"]["sets-3"])
+    assert sets_project.maximum_annotations == 3 and client.projects.get(p["projects"]["pairwise"]).maximum_annotations == 3
+    assert 'name="img3"' in sets_project.label_config and "img4" not in sets_project.label_config  # no empty slots
+    gold = run.read("gold")
+    assert gold.height == 2 and not set(gold["image_id"]) & set(run.read("images")["image_id"])
+    assert all((synth_run / u).is_file() for u in gold["uri"])
+    tasks = list(client.tasks.list(project=r["projects"]["sets-3"])) + list(client.tasks.list(project=p["projects"]["pairwise"]))
+    golds = [t for t in tasks if t.data["vprefer_gold"]]
+    assert len(tasks) == 10 and len(golds) == 3
+    assert all(set(t.data["vprefer_images"]) & set(gold["image_id"]) for t in golds)
+    assert all("/gold/" in (t.data.get("image_1", "") + t.data.get("image_a", "") + t.data.get("image_b", ""))
+               or any("/gold/" in t.data.get(f"image_{i}", "") for i in (2, 3)) for t in golds)
+    raters = [client.users.create(username=f"r{i}", email=f"r{i}@vprefer.test", password="rater-pass-123")
+              for i in range(3)]
+    times = (10.0, 20.0, 2.0)
+    gold_ids = set(gold["image_id"])
+    for k, t in enumerate(tasks):
+        for i, u in enumerate(raters):
+            judge_like(client, t, u.id, good=i < 2, gold_ids=gold_ids, lead_time=times[i] + k)
+            if k == 0 and i == 0:  # one of three people: the task is not done yet
+                assert not client.tasks.get(t.id).is_labeled
+        if k == 0:
+            assert client.tasks.get(t.id).is_labeled
+    pulled = pull(synth_run)
+    assert pulled["annotators"] == 3 and pulled["annotations"] == 30 and pulled["gold_answers"] == 9
+    human, pairs = run.read("human"), run.read("pairs").filter(pl.col("annotator") == "human")
+    assert not set(human["image_id"]) & gold_ids  # gold answers are never preference data
+    assert not (set(pairs["win_image_id"]) | set(pairs["lose_image_id"])) & gold_ids
+    h = {_annotator_hash(label_studio, u.id): i for i, u in enumerate(raters)}
+    meta = run.read("audit_annotations")
+    assert meta.height == 30 and meta.filter(pl.col("gold")).height == 9
+    for who, i in h.items():  # lead_time as recorded by Label Studio
+        got = sorted(meta.filter(pl.col("annotator") == who)["lead_time_s"].to_list())
+        assert got == pytest.approx(sorted(times[i] + k for k in range(10)))
+    ga = run.read("gold_answers")
+    acc = {h[w]: c for w, c in ga.group_by("annotator").agg(pl.col("correct").mean()).rows()}
+    assert acc == {0: 1.0, 1: 1.0, 2: 0.0}
+    # pairwise answers are in the human pairs: 2 of 3 votes -> margin 1/3, in the good raters' direction
+    pw = [t for t in tasks if "image_a" in t.data and not t.data["vprefer_gold"]]
+    a, b = sorted(pw[0].data["vprefer_images"])
+    row = pairs.filter(pl.col("aspect") == "fidelity", pl.col("win_image_id").is_in([a, b]),
+                       pl.col("lose_image_id").is_in([a, b]))
+    assert row.height == 1 and row["win_image_id"][0] == a and row["margin"][0] == pytest.approx(1 / 3)
+
+    m = write_report(synth_run, tmp_path / "audit", n_boot=50)
+    raters_t = {h[x["annotator"]]: x for x in m["raters"]}
+    assert raters_t[2]["flagged"] and not raters_t[0]["flagged"] and not raters_t[1]["flagged"]
+    # the bad rater disagrees with the two others everywhere; a good rater's two others split: no majority
+    assert raters_t[2]["agree_majority"] == 0.0 and raters_t[0]["agree_majority"] is None
+    assert raters_t[0]["agree_judge"] == pytest.approx(1 - raters_t[2]["agree_judge"])
+    assert raters_t[1]["median_s_per_task"] == pytest.approx(20 + 4.5) and raters_t[0]["gold_tasks"] == 3
+    # by hand: on every pair two raters agree and one reverses -> of the 6 ordered rater pairs 2 agree
+    assert m["ceiling"]["all"]["tasks"] == 7 and m["ceiling"]["all"]["acc"] == pytest.approx(1 / 3)
+    for f in ("report.md", "report.html", "raters.png", "ceiling.png"):
+        assert (tmp_path / "audit" / f).exists(), f
+    md = (tmp_path / "audit" / "report.md").read_text()
+    assert "Human-human ceiling" in md and "flagged" in md
+
+    m = write_report(synth_run, tmp_path / "audit2", n_boot=50, exclude="flagged")
+    assert [h[x] for x in m["excluded_raters"]] == [2] and m["ceiling"]["all"]["acc"] == 1.0
+    assert load_state(run)["excluded_raters"] == m["excluded_raters"]
+    pairs = run.read("pairs").filter(pl.col("annotator") == "human")
+    row = pairs.filter(pl.col("aspect") == "fidelity", pl.col("win_image_id").is_in([a, b]),
+                       pl.col("lose_image_id").is_in([a, b]))
+    assert row["win_image_id"][0] == a and row["margin"][0] == 1.0  # the excluded rater's vote is gone
+    pull(synth_run)  # a later pull keeps the exclusion
+    again = run.read("pairs").filter(pl.col("annotator") == "human", pl.col("aspect") == "fidelity",
+                                     pl.col("win_image_id") == a, pl.col("lose_image_id") == b)
+    assert again["margin"][0] == 1.0
+    with pytest.raises(Exception, match="no rater 'nobody'"):
+        write_report(synth_run, tmp_path / "audit3", n_boot=50, exclude="nobody")

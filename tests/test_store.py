@@ -22,6 +22,14 @@ ROWS = {
     "human": [{"task_id": 7, "annotator": "abc", "prompt_id": "p1", "image_id": "i1", "aspect": "fidelity",
                "score": 3.0, "rank": None}],
     "scores": [{"model": "m", "prompt_id": "p1", "image_id": "i1", "aspect": "overall", "score": 0.5}],
+    "gold": [{"image_id": "g1", "source_image_id": "i1", "prompt_id": "p1", "uri": "images/gold/g1.png",
+              "corruption": "blur+noise"}],
+    "audit_annotations": [{"task_id": 7, "annotator": "abc", "kind": "sets", "gold": False, "prompt_id": "p1",
+                           "lead_time_s": 12.5}],
+    "gold_answers": [{"task_id": 8, "annotator": "abc", "aspect": "fidelity", "correct": 1.0}],
+    "captions": [{"image_id": "i1", "style": "short", "caption": "a red cube", "annotator": "a:m",
+                  "instruction": "short@abc123", "request_id": "q", "input_tokens": 10, "output_tokens": 5,
+                  "cost_usd": 0.001}],
 }
 
 

@@ -86,6 +86,24 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "rank": I32,
     },
     "scores": {"model": S, "prompt_id": S, "image_id": S, "aspect": S, "score": F},
+    # audits: gold images (a run image and a visibly corrupted copy: the copy must lose), never preference data
+    "gold": {"image_id": S, "source_image_id": S, "prompt_id": S, "uri": S, "corruption": S},
+    # one row per completed Label Studio annotation (task x person): what kind of task, how long it took
+    "audit_annotations": {"task_id": I64, "annotator": S, "kind": S, "gold": pl.Boolean, "prompt_id": S,
+                          "lead_time_s": F},
+    # a rater's answers on gold tasks: 1 when the known order was given, 0 otherwise (a tie is wrong)
+    "gold_answers": {"task_id": I64, "annotator": S, "aspect": S, "correct": F},
+    "captions": {
+        "image_id": S,
+        "style": S,
+        "caption": S,
+        "annotator": S,
+        "instruction": S,  # "<style name>@<hash>": which caption instruction text produced it
+        "request_id": S,
+        "input_tokens": I64,
+        "output_tokens": I64,
+        "cost_usd": F,
+    },
 }
 """Column -> dtype for every table. ``meta`` columns hold JSON text."""
 
@@ -97,6 +115,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "pairs": ("prompt_id", "win_image_id", "lose_image_id", "aspect", "annotator"),
     "human": ("task_id", "annotator", "image_id", "aspect"),
     "scores": ("model", "image_id", "aspect"),
+    "gold": ("image_id",),
+    "audit_annotations": ("task_id", "annotator"),
+    "gold_answers": ("task_id", "annotator", "aspect"),
+    "captions": ("image_id", "style", "annotator"),
 }
 """Natural keys: a row with the same key is the same fact (used to deduplicate)."""
 

@@ -1,10 +1,15 @@
 """Push image sets to Label Studio and pull human judgements back into the run.
 
-State lives in ``RUN/state/label_studio.json`` (project id, storage id, task id ->
-image set in the order shown); it is rewritten atomically only after the server
-accepted a change, so a failure (server down, wrong token, deleted project)
-leaves nothing half-written. The token comes from ``VPREFER_LS_TOKEN`` and is
-never stored.
+State lives in ``RUN/state/label_studio.json``: one Label Studio project per
+interface (``sets-K`` for image sets of K images, so a small set never shows empty
+image slots; ``pairwise`` for Left / Right / Tie), and task id -> kind, image ids in
+the order shown, gold item. It is rewritten atomically only after the server
+accepted a change, so a failure (server down, wrong token, deleted project) leaves
+nothing half-written. The token comes from ``VPREFER_LS_TOKEN`` and is never stored.
+
+Overlap: ``maximum_annotations`` (Label Studio's "annotations per task", in the
+open-source edition too) is set on every project of the run, so N people see each
+task and the report can state the human-human ceiling.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import httpx
 import polars as pl
 
 from vprefer import schema
-from vprefer.audit.interfaces import sets_xml
+from vprefer.audit import tasks
+from vprefer.audit.gold import ensure_gold, gold_correct
+from vprefer.audit.human import rebuild
+from vprefer.audit.interfaces import pairwise_xml, sets_xml
 from vprefer.errors import ServiceError
 from vprefer.ids import short_hash
-from vprefer.rankings import ranking_pairs
 from vprefer.store import Result, Run, as_run, atomic_write_json
 
 
@@ -36,8 +43,19 @@ def _state_path(run: Run) -> Path:
 
 
 def load_state(run: Run | str | Path) -> dict:
+    """The audit state; a state written before projects per interface is read as its one ``sets-K`` project."""
     p = _state_path(as_run(run))
-    return json.loads(p.read_text()) if p.exists() else {"tasks": {}}
+    s = json.loads(p.read_text()) if p.exists() else {"tasks": {}}
+    if "project_id" in s:
+        key = f"sets-{s.get('k', 4)}"
+        s.setdefault("projects", {})[key] = {"project_id": s.pop("project_id"), "storage_id": s.pop("storage_id", None),
+                                             "show_ai": s.pop("show_ai", False), "inline": s.pop("inline", False),
+                                             "k": s.pop("k", 4)}
+        for t in s["tasks"].values():
+            t.setdefault("kind", "sets")
+            t.setdefault("project", key)
+    s.setdefault("projects", {})
+    return s
 
 
 def connect(url: str, token: str | None = None):
@@ -58,22 +76,32 @@ def connect(url: str, token: str | None = None):
     return client
 
 
-def _project(client, run: Run, state: dict, k: int, show_ai: bool):
-    pid = state.get("project_id")
-    if pid is not None:
+def _check_projects(client, run: Run, state: dict) -> None:
+    """Every project this run pushed to must still exist: otherwise stop before changing anything."""
+    for p in state["projects"].values():
         try:
-            return client.projects.get(pid)
+            client.projects.get(p["project_id"])
         except Exception as e:
             if getattr(e, "status_code", None) == 404:
-                raise AuditError(f"Label Studio project {pid} of this run no longer exists; delete "
-                                 f"{_state_path(run)} to start a new one") from None
+                raise AuditError(f"Label Studio project {p['project_id']} of this run no longer exists; nothing was "
+                                 f"changed (delete {_state_path(run)} to start a new audit)") from None
             raise
-    title = f"vprefer audit {run.path.name} {short_hash(str(run.path.resolve()), n=6)}"
-    for p in client.projects.list():
-        if p.title == title:  # created by a push that died before saving its state
-            return p
-    return client.projects.create(title=title, label_config=sets_xml(k, show_ai=show_ai),
-                                  description="vprefer human audit: rate each image on four aspects, rank the set.")
+
+
+def _project(client, run: Run, state: dict, key: str, label_config: str, overlap: int):
+    """The run's project for one interface, created if new; its annotations per task set to ``overlap``."""
+    if key in state["projects"]:
+        project = client.projects.get(state["projects"][key]["project_id"])
+    else:
+        title = f"vprefer audit {run.path.name} {short_hash(str(run.path.resolve()), n=6)} {key}"
+        found = [p for p in client.projects.list() if p.title == title]  # from a push that died before saving
+        project = found[0] if found else client.projects.create(
+            title=title, label_config=label_config, maximum_annotations=overlap,
+            description="vprefer human audit: " + ("which image is better, per aspect." if key == "pairwise" else
+                                                   "rate each image on four aspects, rank the set."))
+    if project.maximum_annotations != overlap:
+        project = client.projects.update(project.id, maximum_annotations=overlap)
+    return project
 
 
 def image_sets(run: Run | str | Path) -> pl.DataFrame:
@@ -136,62 +164,128 @@ def _ai_summary(run: Run, pid: str, image_ids: list[str]) -> str:
 
 @dataclass
 class PushResult(Result):
-    project_id: int
+    project_id: int  # the (last) project pushed to
     imported: int  # tasks created now
-    already_there: int  # chosen image sets the project had from an earlier push
+    already_there: int  # chosen tasks the projects had from an earlier push
     url: str  # where people annotate
+    gold: int = 0  # gold tasks among those chosen
+    projects: dict = None  # interface key -> project id
 
 
-def push(run_dir: Run | str | Path, url: str, *, n: int, strategy: str = "random", show_ai: bool = False,
-         inline: bool = False, seed: int = 0, token: str | None = None, document_root: str | Path = "/") -> PushResult:
-    """``document_root`` must be the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (``audit server start
-    --document-root``): local-files URLs are resolved against it."""
+def _image_ref(path: Path, root: Path, inline: bool) -> str:
     from vprefer.images import jpeg_data_url
 
+    path = path.resolve()
+    if inline:
+        return jpeg_data_url(path, 512)
+    if not path.is_relative_to(root):
+        raise AuditError(f"{path} is outside the Label Studio document root {root}; pass the root the "
+                         "server was started with (--document-root), or --inline")
+    return f"/data/local-files/?d={path.relative_to(root).as_posix()}"
+
+
+def _planned(run: Run, interface: str, n: int, strategy: str, gold: int, seed: int) -> list[dict]:
+    """The tasks to exist after this push: identity, image ids in the order shown, gold item (original, copy)."""
+    sets = image_sets(run)
+    paths = dict(zip(run.image_paths()["image_id"], run.image_paths()["path"]))
+    out = []
+    if interface == "sets":
+        by = {r["prompt_id"]: r for r in sets.iter_rows(named=True)}
+        for pid in select(run, n, strategy, seed):
+            out.append({"id": pid, "prompt_id": pid, "image_ids": by[pid]["image_ids"], "gold": None})
+    elif interface == "pairwise":
+        for pid, a, b in tasks.select_pairs(run, n, strategy, seed):
+            out.append({"id": f"{pid}|{a}|{b}", "prompt_id": pid, "image_ids": tasks.shown_order(a, b, seed),
+                        "gold": None})
+    else:
+        raise AuditError(f"unknown interface {interface!r}: {' or '.join(tasks.INTERFACES)}")
+    members = {r["prompt_id"]: r["image_ids"] for r in sets.iter_rows(named=True)}
+    for g in ensure_gold(run, gold, seed).iter_rows(named=True):
+        orig, copy = g["source_image_id"], g["image_id"]
+        paths[copy] = str((run.path / g["uri"]).resolve())
+        if interface == "pairwise":
+            ids = tasks.shown_order(orig, copy, seed)
+        else:  # the same size as the real sets: the copy takes the place of another image of the prompt
+            others = [i for i in members[g["prompt_id"]] if i != orig]
+            ids = [orig, copy] + others[1:]
+            random.Random(f"{seed}|{copy}").shuffle(ids)
+        out.append({"id": f"gold|{interface}|{copy}", "prompt_id": g["prompt_id"], "image_ids": ids,
+                    "gold": {"original": orig, "copy": copy}})
+    for t in out:
+        t["paths"] = [paths[i] for i in t["image_ids"]]
+    return out
+
+
+def push(run_dir: Run | str | Path, url: str, *, n: int, strategy: str = "random", interface: str = "sets",
+         overlap: int = 1, gold: int = 0, show_ai: bool = False, inline: bool = False, seed: int = 0,
+         token: str | None = None, document_root: str | Path | None = None) -> PushResult:
+    """``document_root`` must be the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (``audit server start``;
+    default: the run folder, what ``audit server start --run RUN`` uses): local-files URLs are resolved against
+    it. The project's storage is ``RUN/images`` (Label Studio wants a storage strictly inside its root and
+    serves a file only from a storage of a project the user may see). ``overlap``: how many people annotate each task (every project of the run)."""
     run = as_run(run_dir)
-    root = Path(document_root).resolve()
+    if overlap < 1:
+        raise AuditError(f"--overlap must be at least 1, got {overlap}")
+    root = Path(document_root).resolve() if document_root is not None else run.path.resolve()
+    if interface not in tasks.INTERFACES:
+        raise AuditError(f"unknown interface {interface!r}: {' or '.join(tasks.INTERFACES)}")
     state = load_state(run)
-    chosen = select(run, n, strategy, seed)
-    sets = image_sets(run).filter(pl.col("prompt_id").is_in(chosen))
-    k = max(4, max((len(x) for x in sets["image_ids"].to_list()), default=4))
-    client = connect(url, token)
-    project = _project(client, run, state, k, show_ai)
-    if not inline and state.get("storage_id") is None:
-        st = client.import_storage.local.create(project=project.id, path=str((run.path / "images").resolve()),
-                                                title="vprefer run images", use_blob_urls=False)
-        state["storage_id"] = st.id
-    present = {t.data.get("vprefer_set") for t in client.tasks.list(project=project.id)}
-    tasks, order = [], []
-    for r in sets.iter_rows(named=True):
-        if r["prompt_id"] in present:
-            continue
-        data = {"prompt": r["prompt"], "vprefer_set": r["prompt_id"], "vprefer_images": r["image_ids"],
-                "items": [{"id": str(i), "title": f"Image {i}", "body": ""} for i in range(1, len(r["image_ids"]) + 1)]}
-        for i in range(1, k + 1):
-            if i <= len(r["paths"]):
-                path = Path(r["paths"][i - 1]).resolve()
-                if not inline and not path.is_relative_to(root):
-                    raise AuditError(f"{path} is outside the Label Studio document root {root}; pass the root the "
-                                     "server was started with (--document-root), or --inline")
-                data[f"image_{i}"] = (jpeg_data_url(path, 512) if inline else
-                                      f"/data/local-files/?d={path.relative_to(root).as_posix()}")
+    client = connect(url, token)  # before gold images are written: a stopped server leaves the run untouched
+    _check_projects(client, run, state)
+    planned = _planned(run, interface, n, strategy, gold, seed)
+    for p in state["projects"].values():  # overlap applies to the whole audit
+        client.projects.update(p["project_id"], maximum_annotations=overlap)
+    by_key: dict[str, list[dict]] = {}
+    for t in planned:
+        by_key.setdefault("pairwise" if interface == "pairwise" else f"sets-{len(t['image_ids'])}", []).append(t)
+    imported, pid_last, ai = 0, None, run.has("annotations") and show_ai
+    prompts = dict(run.read("prompts").select("prompt_id", "prompt").iter_rows())
+    for key, group in sorted(by_key.items()):
+        k = len(group[0]["image_ids"])
+        xml = pairwise_xml() if key == "pairwise" else sets_xml(k, show_ai=show_ai)
+        project = _project(client, run, state, key, xml, overlap)
+        meta = state["projects"].setdefault(key, {"project_id": project.id, "storage_id": None, "show_ai": show_ai,
+                                                  "inline": inline, "k": k, "kind": interface})
+        if not inline and meta.get("storage_id") is None:
+            st = client.import_storage.local.create(project=project.id, path=str((run.path / "images").resolve()),
+                                                    title="vprefer run images",
+                                                    use_blob_urls=False)
+            meta["storage_id"] = st.id
+        present = {t.data.get("vprefer_set"): t.id for t in client.tasks.list(project=project.id)}
+        new = [t for t in group if t["id"] not in present]
+        known = {(v["project"], v["prompt_id"], tuple(v["image_ids"])) for v in state["tasks"].values()}
+        for t in group:  # imported by a push that died before saving its state: record them now
+            if t["id"] in present and (key, t["prompt_id"], tuple(t["image_ids"])) not in known:
+                state["tasks"][str(present[t["id"]])] = {"kind": interface, "project": key, "prompt_id": t["prompt_id"],
+                                                         "image_ids": t["image_ids"], "gold": t["gold"]}
+        data = []
+        for t in new:
+            d = {"prompt": prompts[t["prompt_id"]],
+                 "vprefer_set": t["id"], "vprefer_images": t["image_ids"], "vprefer_gold": t["gold"] is not None}
+            refs = [_image_ref(Path(x), root, inline) for x in t["paths"]]
+            if key == "pairwise":
+                d["image_a"], d["image_b"] = refs
             else:
-                data[f"image_{i}"] = ""
-        if show_ai and run.has("annotations"):
-            data["ai_judgement"] = _ai_summary(run, r["prompt_id"], r["image_ids"])
-        tasks.append(data)
-        order.append((r["prompt_id"], r["image_ids"]))
-    ids = []
-    if tasks:
-        res = client.projects.import_tasks(project.id, request=tasks, return_task_ids=True)
-        ids = list(res.task_ids or [])
-        if len(ids) != len(tasks):
-            raise AuditError(f"Label Studio created {len(ids)} of {len(tasks)} tasks; rerun push to add the rest")
-    state.update(project_id=project.id, base_url=url, show_ai=show_ai, inline=inline, k=k)
-    for tid, (pid, iids) in zip(ids, order):
-        state["tasks"][str(tid)] = {"prompt_id": pid, "image_ids": iids}
+                d["items"] = [{"id": str(i), "title": f"Image {i}", "body": ""} for i in range(1, k + 1)]
+                d.update({f"image_{i}": r for i, r in enumerate(refs, 1)})
+                if ai and t["gold"] is None:
+                    d["ai_judgement"] = _ai_summary(run, t["prompt_id"], t["image_ids"])
+            data.append(d)
+        ids = []
+        if data:
+            res = client.projects.import_tasks(project.id, request=data, return_task_ids=True)
+            ids = list(res.task_ids or [])
+            if len(ids) != len(data):
+                raise AuditError(f"Label Studio created {len(ids)} of {len(data)} tasks; rerun push to add the rest")
+        for tid, t in zip(ids, new):
+            state["tasks"][str(tid)] = {"kind": interface, "project": key, "prompt_id": t["prompt_id"],
+                                        "image_ids": t["image_ids"], "gold": t["gold"]}
+        imported += len(new)
+        pid_last = project.id
+    state.update(base_url=url, overlap=overlap)
     atomic_write_json(_state_path(run), state)
-    return PushResult(project.id, len(tasks), len(chosen) - len(tasks), f"{url}/projects/{project.id}/data")
+    return PushResult(pid_last, imported, len(planned) - imported, f"{url}/projects/{pid_last}/data",
+                      sum(t["gold"] is not None for t in planned), {k: v["project_id"] for k, v in state["projects"].items()})
 
 
 def _annotator_hash(url: str, user_id) -> str:
@@ -217,27 +311,44 @@ def parse_result(result: list[dict], image_ids: list[str]) -> tuple[list[tuple[s
 
 @dataclass
 class PullResult(Result):
-    annotations: int  # completed annotations (task x person)
+    annotations: int  # completed annotations (task x person), gold tasks included
     rows: int  # rows of the human table they became
     annotators: int
     tasks_missing: int  # tasks deleted on the server since the push
+    gold_answers: int = 0  # annotations of gold tasks (kept out of the human table)
+
+
+def _answers(kind: str, result: list[dict], image_ids: list[str]) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Human-table rows (without task/annotator/prompt) and aspect -> image -> value (higher is better)."""
+    rows, values = [], {}
+    if kind == "pairwise":
+        for iid, aspect, rank in tasks.parse_pairwise(result, image_ids):
+            rows.append({"image_id": iid, "aspect": aspect, "score": None, "rank": rank})
+            values.setdefault(aspect, {})[iid] = -rank
+        return rows, values
+    ratings, ranked = parse_result(result, image_ids)
+    for iid, aspect, score in ratings:
+        rows.append({"image_id": iid, "aspect": aspect, "score": score, "rank": None})
+        values.setdefault(aspect, {})[iid] = score
+    for pos, iid in enumerate(ranked, 1):
+        rows.append({"image_id": iid, "aspect": schema.OVERALL, "score": None, "rank": pos})
+        values.setdefault(schema.OVERALL, {})[iid] = -pos
+    return rows, values
 
 
 def pull(run_dir: Run | str | Path, url: str | None = None, *, token: str | None = None) -> PullResult:
-    """People's judgements of every pushed task replace that task's rows; human rankings/pairs are rebuilt."""
+    """People's judgements of every pushed task replace that task's rows; human rankings/pairs are rebuilt.
+
+    Per annotation the time Label Studio measured (``lead_time``) goes to ``audit_annotations``; answers on gold
+    tasks go to ``gold_answers`` (right or wrong per gold aspect), never to ``human``."""
     run = as_run(run_dir)
     state = load_state(run)
-    if "project_id" not in state:
+    if not state["projects"]:
         raise AuditError(f"{run_dir}: nothing pushed to Label Studio yet; run `vprefer audit push` first")
     url = url or state["base_url"]
     client = connect(url, token)
-    try:
-        client.projects.get(state["project_id"])
-    except Exception as e:
-        if getattr(e, "status_code", None) == 404:
-            raise AuditError(f"Label Studio project {state['project_id']} no longer exists; nothing was changed") from None
-        raise
-    rows, missing = [], 0
+    _check_projects(client, run, state)
+    rows, meta, gold_rows, missing = [], [], [], 0
     for tid, info in state["tasks"].items():
         try:
             anns = client.annotations.list(id=int(tid))
@@ -250,34 +361,22 @@ def pull(run_dir: Run | str | Path, url: str | None = None, *, token: str | None
             if a.was_cancelled:
                 continue
             who = _annotator_hash(url, a.completed_by)
-            ratings, ranked = parse_result(a.result or [], info["image_ids"])
-            for iid, aspect, score in ratings:
-                rows.append({"task_id": int(tid), "annotator": who, "prompt_id": info["prompt_id"], "image_id": iid,
-                             "aspect": aspect, "score": score, "rank": None})
-            for pos, iid in enumerate(ranked, 1):
-                rows.append({"task_id": int(tid), "annotator": who, "prompt_id": info["prompt_id"], "image_id": iid,
-                             "aspect": schema.OVERALL, "score": None, "rank": pos})
+            kind, g = info.get("kind", "sets"), info.get("gold")
+            answer, values = _answers(kind, a.result or [], info["image_ids"])
+            meta.append({"task_id": int(tid), "annotator": who, "kind": kind, "gold": g is not None,
+                         "prompt_id": info["prompt_id"], "lead_time_s": a.lead_time})
+            if g is not None:
+                gold_rows += [{"task_id": int(tid), "annotator": who, "aspect": asp, "correct": c}
+                              for asp, c in gold_correct(values, g["original"], g["copy"]).items()]
+                continue
+            rows += [{"task_id": int(tid), "annotator": who, "prompt_id": info["prompt_id"], **r} for r in answer]
     new = schema.frame("human", rows)
-    with run.command("audit pull", {"base_url": url, "project_id": state["project_id"]}):
+    pushed = [int(t) for t in state["tasks"]]
+    with run.command("audit pull", {"base_url": url, "projects": {k: v["project_id"] for k, v in state["projects"].items()}}):
         # every pushed task is replaced, also by nothing: a task whose annotations were deleted loses its rows
-        run.replace_rows("human", new, "task_id", replacing=[int(t) for t in state["tasks"]])
-        rk, pairs = human_pairs(run.read("human"))
-        for name, frame in (("rankings", rk), ("pairs", pairs)):
-            run.replace_rows(name, frame, "annotator", replacing=[schema.HUMAN])
-    return PullResult(new.select("task_id", "annotator").unique().height, new.height, new["annotator"].n_unique(),
-                      missing)
-
-
-def human_pairs(human: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Mean human score per image and aspect (overall: minus the mean rank) -> rankings and pairs, annotator human."""
-    scored = human.filter(pl.col("score").is_not_null()).group_by("prompt_id", "image_id", "aspect").agg(pl.col("score").mean())
-    ranked = (human.filter(pl.col("rank").is_not_null()).group_by("prompt_id", "image_id", "aspect")
-              .agg((-pl.col("rank").cast(pl.Float64).mean()).alias("score")))
-    both = pl.concat([scored, ranked]).sort("prompt_id", "aspect", "image_id")
-    rk, pairs = [], []
-    for (pid, aspect), g in both.group_by(["prompt_id", "aspect"], maintain_order=True):
-        ids, sc = g["image_id"].to_list(), g["score"].to_list()
-        rk.append({"prompt_id": pid, "aspect": aspect, "annotator": schema.HUMAN, "image_ids": ids, "scores": sc,
-                   "confidence": 1.0})
-        pairs += ranking_pairs(pid, ids, sc, aspect, schema.HUMAN)
-    return schema.frame("rankings", rk), schema.frame("pairs", pairs)
+        run.replace_rows("human", new, "task_id", replacing=[t for t in pushed if not state["tasks"][str(t)].get("gold")])
+        run.replace_rows("audit_annotations", schema.frame("audit_annotations", meta), "task_id", replacing=pushed)
+        run.replace_rows("gold_answers", schema.frame("gold_answers", gold_rows), "task_id", replacing=pushed)
+        rebuild(run, state)
+    return PullResult(new.select("task_id", "annotator").unique().height + sum(m["gold"] for m in meta), new.height,
+                      len({m["annotator"] for m in meta}), missing, sum(m["gold"] for m in meta))

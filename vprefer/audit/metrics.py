@@ -93,13 +93,14 @@ def alpha_all_raters(human: pl.DataFrame, judge: pl.DataFrame, aspect: str) -> f
     return float(krippendorff.alpha(reliability_data=m, level_of_measurement="ordinal"))
 
 
-def agreement(run, model=None, n_boot: int = 1000, seed: int = 0) -> dict:
+def agreement(run, model=None, n_boot: int = 1000, seed: int = 0, exclude=()) -> dict:
+    """``exclude``: raters left out (the run's human pairs must have been rebuilt without them too)."""
     from vprefer.store import as_run
 
     run = as_run(run)
     if not run.has("human"):
         raise InputError(f"{run.path}: no human judgements; run `vprefer audit pull` first")
-    human = run.read("human")
+    human = run.read("human").filter(~pl.col("annotator").is_in(list(exclude)))
     gold = run.read("pairs").filter(pl.col("annotator") == schema.HUMAN)
     gold_rk = run.read("rankings").filter(pl.col("annotator") == schema.HUMAN)
     prompts = human["prompt_id"].unique().to_list()

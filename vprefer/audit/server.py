@@ -7,6 +7,13 @@ environment (``VPREFER_LS_USERNAME``, ``VPREFER_LS_PASSWORD``, ``VPREFER_LS_TOKE
 are passed to the server only through its environment, and are never written
 to disk by vprefer. Local-files serving is enabled with ``document_root`` as
 root, so a run's images are served without copying them into the database.
+
+Safe by default: every file under the document root is one URL away from anyone
+with a login (any user may add a storage under it), so the root is a run's folder
+(whose images folder is the storage ``audit push`` creates; Label Studio wants the
+storage strictly inside the root) or a folder the user names,
+``/`` is refused unless ``serve_whole_filesystem`` is asked for explicitly, and the
+server listens on 127.0.0.1 unless another host is given (with a warning).
 """
 
 from __future__ import annotations
@@ -67,10 +74,37 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start(port: int = 8080, *, data_dir: Path = DEFAULT_DATA, document_root: Path = Path("/"),
-          venv: Path = DEFAULT_VENV, wait_s: float = 300.0, log: Path | None = None) -> str:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(document_root: Path | str | None, host: str = "127.0.0.1", *,
+                   serve_whole_filesystem: bool = False) -> tuple[Path, list[str]]:
+    """The resolved document root and the warnings to print; refuses what would expose the whole machine."""
+    if document_root is None:
+        raise ServerError("name the folder Label Studio may serve: --run RUN (its images folder) or --document-root DIR")
+    root = Path(document_root).expanduser().resolve()
+    if root == Path(root.anchor) and not serve_whole_filesystem:
+        raise ServerError(f"refusing to serve {root} (every file on this machine) to anyone with a Label Studio login; "
+                          "name a run's images folder, or pass --serve-whole-filesystem if you really mean it")
+    if not root.is_dir():
+        raise ServerError(f"document root {root} is not a folder")
+    warnings = []
+    if root == Path(root.anchor):
+        warnings.append(f"WARNING: serving every file under {root} to anyone with a Label Studio login")
+    if host not in LOOPBACK:
+        warnings.append(f"WARNING: Label Studio will listen on {host}, reachable from other machines; files under "
+                        f"{root} can be read by anyone with a login")
+    return root, warnings
+
+
+def start(port: int = 8080, *, data_dir: Path = DEFAULT_DATA, document_root: Path | str | None = None,
+          host: str = "127.0.0.1", serve_whole_filesystem: bool = False, venv: Path = DEFAULT_VENV,
+          wait_s: float = 300.0, log: Path | None = None, warn=print) -> str:
     """Start Label Studio in the background; returns its URL once /health answers."""
-    url = f"http://127.0.0.1:{port}"
+    root, warnings = check_exposure(document_root, host, serve_whole_filesystem=serve_whole_filesystem)
+    for w in warnings:
+        warn(w)
+    url = f"http://{'127.0.0.1' if host in LOOPBACK or host in ('0.0.0.0', '::') else host}:{port}"
     if healthy(url):
         return url
     creds = Credentials.from_env()
@@ -81,12 +115,12 @@ def start(port: int = 8080, *, data_dir: Path = DEFAULT_DATA, document_root: Pat
         "LABEL_STUDIO_USERNAME": creds.username, "LABEL_STUDIO_PASSWORD": creds.password,
         "LABEL_STUDIO_USER_TOKEN": creds.token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
         "COLLECT_ANALYTICS": "false",
     })
     logf = open(log or data_dir / "server.log", "ab")
-    proc = subprocess.Popen([str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([str(exe), "start", "--no-browser", "--host", host, "--port", str(port),
                              "--data-dir", str(data_dir)], env=env, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     (data_dir / "server.pid").write_text(str(proc.pid))

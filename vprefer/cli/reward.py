@@ -21,6 +21,11 @@ def train_reward(
     data: str = typer.Option(..., "--data", help="Run directory, or several separated by commas."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the trained VP-Score (and checkpoints/, runs/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="Train on these annotators' pairs: NAME, or "
+                                            "NAME=WEIGHT,... to mix them (e.g. human=3,judge=1: a human pair counts "
+                                            "3x). Overrides the recipe's annotators / annotator_weights."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this trained VP-Score folder (fine-tune, "
+                                        "e.g. on audited human pairs) instead of the pretrained backbone."),
 ) -> None:
     """Train VP-Score on a run's preference pairs (pairwise Bradley-Terry, split by prompt).
 
@@ -33,6 +38,12 @@ def train_reward(
     from vprefer.testing.stand_ins import ensure_backbone
 
     r = RewardRecipe.load(recipe)
+    if annotator:
+        r.annotators, r.annotator_weights = parse_annotators(annotator)
+    if init is not None:
+        if not (init / "vpscore_config.json").exists():
+            fail(f"--init {init}: not a trained VP-Score folder")
+        r.init_from = str(init.resolve())
     runs = [d.strip() for d in data.split(",")]
     for d in runs:
         as_run(d)  # a wrong --data fails in one line before any model is built or OUT is made
@@ -47,6 +58,20 @@ def train_reward(
     if "val" in s:
         out.print(f"validation pair accuracy (ties skipped): {s['val'].get('eval_pair_accuracy', float('nan')):.3f}")
     out.print(f"saved to {out_dir}; TensorBoard logs under {out_dir}/checkpoints")
+
+
+def parse_annotators(text: str) -> tuple[list[str], dict[str, float]]:
+    """``human`` or ``human=3,judge=1`` -> (names, weights)."""
+    names, weights = [], {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, w = part.partition("=")
+        names.append(name.strip())
+        if eq:
+            try:
+                weights[name.strip()] = float(w)
+            except ValueError:
+                fail(f"--annotator {text!r}: weight {w!r} of {name!r} is not a number")
+    return names, weights
 
 
 def eval_table(rep: dict) -> Table:
@@ -71,6 +96,10 @@ def eval_reward(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of prompts for the CIs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Where to save the JSON report "
                                             "(default: MODEL/eval-<data name>.json)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Another VP-Score (e.g. the one before "
+                                           "fine-tuning on human pairs) evaluated on the same pairs, with the change."),
+    held_out: bool = typer.Option(False, "--held-out", help="Only the prompts MODEL held out from training "
+                                  "(MODEL/held_out.json), so a fine-tune is not judged on its own training pairs."),
 ) -> None:
     """Pairwise accuracy per aspect under both tie rules, Kendall tau-b, bootstrap 95% CIs over prompts."""
     from vprefer.exchange import import_file
@@ -83,15 +112,39 @@ def eval_reward(
         fail(f"{data}: no such {fmt} file")
     if fmt in ("imagereward", "hpdv2") and images_root is None:
         fail("--images-root is needed to score the images of an imagereward/hpdv2 file")
+    prompt_ids = None
+    if held_out:
+        f = Path(model) / "held_out.json"
+        if not f.is_file():
+            fail(f"--held-out: {f} not found (written by train-reward)")
+        prompt_ids = json.loads(f.read_text())["prompt_ids"]
+        if not prompt_ids:
+            fail(f"--held-out: {model} held out no prompts (training.val_fraction was 0)")
     rm = VPScore.from_pretrained(model)
+    before = VPScore.from_pretrained(baseline) if baseline else None
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = data
         if fmt != "vprefer":
             run_dir = Path(tmp) / "run"
             import_file(data, run_dir, fmt, images_root)
-        rep = evaluate_run(rm, run_dir, annotator=annotator, n_boot=n_boot)
-    rep["run"] = str(data)
+        rep = evaluate_run(rm, run_dir, annotator=annotator, n_boot=n_boot, prompt_ids=prompt_ids)
+        if before is not None:
+            base = evaluate_run(before, run_dir, annotator=annotator, n_boot=n_boot, prompt_ids=prompt_ids)
+            rep["baseline"] = {"model": baseline, "aspects": base["aspects"]}
+    rep["run"], rep["held_out"] = str(data), held_out
     out.print(eval_table(rep))
+    if before is not None:
+        b = {a["aspect"]: a for a in rep["baseline"]["aspects"]}
+        t = Table("aspect", "baseline acc", "95% CI", "model acc", "95% CI", "change",
+                  title=f"{model} vs baseline {baseline} on {rep['prompts']} prompts" + (" (held out)" if held_out else ""))
+        f = lambda x: "-" if x is None or x != x else f"{x:.3f}"  # noqa: E731
+        for a in rep["aspects"]:
+            o = b.get(a["aspect"], {})
+            d = a["acc_skip_ties"] - o.get("acc_skip_ties", float("nan"))
+            t.add_row(a["aspect"], f(o.get("acc_skip_ties")), f"[{f(o.get('ci_skip_lo'))}, {f(o.get('ci_skip_hi'))}]",
+                      f(a["acc_skip_ties"]), f"[{f(a['ci_skip_lo'])}, {f(a['ci_skip_hi'])}]",
+                      "-" if d != d else f"{d:+.3f}")
+        out.print(t)
     for k, v in rep["tie_rules"].items():
         out.print(f"  {k}: {v}")
     target = json_out or (Path(model) / f"eval-{data.stem}.json" if Path(model).is_dir() else Path(f"eval-{data.stem}.json"))

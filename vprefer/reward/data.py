@@ -14,9 +14,16 @@ from vprefer.ids import short_hash
 from vprefer.store import Run, as_run
 
 
-def load_pairs(runs: Sequence[str | Path | Run], aspects: Sequence[str], annotators: Sequence[str] | None = None) -> pl.DataFrame:
-    """Columns: prompt_id, prompt, win_path, lose_path, aspect, aspect_idx, tie, weight (one row per pair)."""
+def load_pairs(runs: Sequence[str | Path | Run], aspects: Sequence[str], annotators: Sequence[str] | None = None,
+               annotator_weights: dict[str, float] | None = None) -> pl.DataFrame:
+    """Columns: prompt_id, prompt, win_path, lose_path, aspect, aspect_idx, tie, weight (one row per pair).
+
+    ``annotator_weights`` multiply the pair weights (missing annotators: 1; 0 drops the annotator's pairs), so
+    human and judge pairs can be mixed in one training set."""
     frames = []
+    annotator_weights = annotator_weights or {}
+    if any(w < 0 for w in annotator_weights.values()):
+        raise InputError(f"annotator weights must be >= 0, got {annotator_weights}")
     for rd in runs:
         run = as_run(rd)
         if not run.has("pairs"):
@@ -24,6 +31,9 @@ def load_pairs(runs: Sequence[str | Path | Run], aspects: Sequence[str], annotat
         pairs = run.read("pairs").filter(pl.col("aspect").is_in(list(aspects)))
         if annotators:
             pairs = pairs.filter(pl.col("annotator").is_in(list(annotators)))
+        if annotator_weights:
+            w = pl.col("annotator").replace_strict(annotator_weights, default=1.0, return_dtype=pl.Float64)
+            pairs = pairs.with_columns(pl.col("weight") * w).filter(pl.col("weight") > 0)
         imgs = run.image_paths().unique("image_id").select("image_id", "path")
         prompts = run.read("prompts").select("prompt_id", "prompt")
         frames.append(pairs.join(prompts, on="prompt_id")

@@ -28,9 +28,12 @@ def score_images(model, run: Run, image_ids: list[str] | None = None, batch_size
 
 
 def evaluate_run(model, run_dir: str | Path, *, annotator: str | None = None, aspects: list[str] | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+                 n_boot: int = 1000, seed: int = 0, prompt_ids: list[str] | None = None) -> dict:
+    """``prompt_ids``: evaluate on these prompts only (e.g. those a model held out from training)."""
     run = Run(run_dir)
     pairs = run.read("pairs")
+    if prompt_ids is not None:
+        pairs = pairs.filter(pl.col("prompt_id").is_in(list(prompt_ids)))
     have = sorted(pairs["annotator"].unique().to_list())
     annotator = annotator or (schema.HUMAN if schema.HUMAN in have else (have[0] if len(have) == 1 else None))
     if annotator is None:
@@ -47,7 +50,7 @@ def evaluate_run(model, run_dir: str | Path, *, annotator: str | None = None, as
     taus = kendall_per_prompt(rk, scores) if rk is not None else {}
     table = table.with_columns(pl.col("aspect").replace_strict(taus, default=None, return_dtype=pl.Float64)
                                .alias("kendall_tau_b"))
-    return {"annotator": annotator, "run": str(run_dir), "n_boot": n_boot,
+    return {"annotator": annotator, "run": str(run_dir), "n_boot": n_boot, "prompts": pairs["prompt_id"].n_unique(),
             "tie_rules": {"skip_ties": "gold ties skipped, predicted tie wrong (ImageReward)",
                           "ties_half": "gold tie: 1 if predicted tie else 0.5; predicted tie on a decided pair: 0.5"},
             "aspects": table.to_dicts()}

@@ -68,6 +68,12 @@ class RewardRecipe(Recipe):
     aspects: list[str] = [*ASPECTS, OVERALL]
     head_hidden: int = Field(256, ge=1)
     annotators: Optional[list[str]] = Field(None, description="train on these annotators' pairs (default: all)")
+    annotator_weights: dict[str, float] = Field({}, description="multiply each pair's weight by its annotator's "
+                                                "(default 1; 0 leaves the annotator out), e.g. audited human pairs "
+                                                "3x the judge's; needs loss.use_pair_weights")
+    init_from: Optional[str] = Field(None, description="a trained VP-Score folder to start from (its backbone "
+                                     "weights and heads) instead of the pretrained backbone, e.g. to fine-tune on "
+                                     "audited human pairs; same backbone kind and aspects")
     loss: Loss = Loss()
     training: Training = Training()
 

@@ -12,7 +12,8 @@ import polars as pl
 import torch
 import yaml
 
-from vprefer.reward.build import build
+from vprefer.recipes import RecipeError
+from vprefer.reward.build import build, init_from
 from vprefer.reward.data import PairCollator, PairDataset, load_pairs, split_by_prompt
 from vprefer.reward.model import VPScore
 from vprefer.reward.recipe import RewardRecipe
@@ -48,12 +49,16 @@ def calibrate(model: VPScore, df: pl.DataFrame, limit: int = 512) -> dict[str, t
 def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Path, *, resume: bool = False) -> dict:
     out = Path(out)
     torch.manual_seed(recipe.training.seed)
-    df = load_pairs(runs, recipe.aspects, recipe.annotators)  # bad data fails here, before OUT exists
+    if recipe.annotator_weights and not recipe.loss.use_pair_weights:
+        raise RecipeError(f"recipe {recipe.name}: annotator_weights need loss.use_pair_weights: true")
+    df = load_pairs(runs, recipe.aspects, recipe.annotators, recipe.annotator_weights)  # bad data fails here
     out.mkdir(parents=True, exist_ok=True)
     if recipe.loss.ties == "drop":
         df = df.filter(~pl.col("tie"))
     train_df, val_df = split_by_prompt(df, recipe.training.val_fraction, recipe.training.seed)
     model = build(recipe)
+    if recipe.init_from:
+        init_from(model, recipe.init_from)
     trainer = VPScoreTrainer(model=model, args=training_config(recipe, out, val_df.height > 0),
                              train_dataset=PairDataset(train_df),
                              eval_dataset=PairDataset(val_df) if val_df.height else None,
@@ -71,6 +76,7 @@ def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Pa
                "train_prompts": train_df["prompt_id"].n_unique(), "val_prompts": val_df["prompt_id"].n_unique(),
                "steps": result.global_step, "train_loss": result.training_loss,
                "train_pairs_per_s": result.metrics.get("train_samples_per_second"),
+               "train_runtime_s": result.metrics.get("train_runtime"),
                "runs": [str(r) for r in runs], "resumed_from": str(ckpts[-1]) if resume and ckpts else None}
     if val_df.height:
         summary["val"] = {k: v for k, v in trainer.evaluate().items()}  # a collective: every rank takes part
@@ -79,4 +85,7 @@ def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Pa
         model.save_pretrained(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(redact(recipe.resolved()), sort_keys=False))
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        # the prompts never trained on, so `eval-reward --held-out` can compare models on them fairly
+        (out / "held_out.json").write_text(json.dumps({"runs": [str(r) for r in runs], "prompt_ids": sorted(
+            val_df["prompt_id"].unique().to_list())}, indent=2))
     return summary
