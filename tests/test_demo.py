@@ -15,9 +15,11 @@ def test_demo_fast_writes_the_report_with_every_section(tmp_path):
     assert res.exit_code == 0, res.output
     html = (tmp_path / "demo" / "report.html").read_text()
     for section in ("What this is", "Annotation", "Position bias", "Reward model accuracy", "Judge vs truth",
-                    "Fine-tuning", "Before / after", "Prompt optimisation (GRPO)"):
+                    "Fine-tuning", "Before / after", "Prompt optimisation (GRPO)", "Recaptioning"):
         assert f"<h2>{section}</h2>" in html, section
     assert "Stand-ins were used" in html and "vllm-qwen2-vl" in html
+    cap = html[html.index("<h2>Recaptioning</h2>"):]  # a captioned set: six images, each with both captions
+    assert cap.count("<tr>") == 1 + 6 and "shape on a light, plain background" in cap
     for src in re.findall(r"<img src='([^']+)'", html):
         f = tmp_path / "demo" / src
         assert f.exists() and f.stat().st_size > 1000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src

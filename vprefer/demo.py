@@ -3,6 +3,7 @@
 1. a synthetic prompt + image-set dataset with known truths (``vprefer.testing.synthetic``), ingested;
 2. the embedded judge server on 127.0.0.1, annotation through the real ``openai`` client path,
    with 2 permutations and a little injected trouble (429s, malformed answers, position bias);
+   then a few images recaptioned (short and detailed) through the same client;
 3. pairs; a tiny VP-Score trained on the judge's pairs and evaluated on a held-out world whose
    ground truth stands in for human labels (and the judge itself checked against it);
 4. a short ReFL and a short Diffusion-DPO on a tiny SD-architecture pipeline;
@@ -32,8 +33,10 @@ from vprefer.annotate import (
     save_pairs,
 )
 from vprefer.annotate.pairs import judge_scores
+from vprefer.caption import caption
 from vprefer.demo_report import (
     DemoNumbers,
+    caption_rows,
     before_after_reward,
     decided,
     last_value,
@@ -61,6 +64,7 @@ class DemoSize:
 
 
 FULL, FAST = DemoSize(160, 60, 6, 40), DemoSize(40, 20, 1, 6)
+CAPTIONED = 6  # images recaptioned in the demo (a second or two)
 
 
 @dataclass
@@ -122,6 +126,8 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
         preset = AnnotatorPreset.load("local-judge", base_url=srv.base_url, permutations=2, concurrency=8)
         ann = annotate(out / "run", preset, progress=False)
         annotate(out / "heldout", preset.model_copy(update={"permutations": 1}))  # the judge on the held-out world
+        # recaptioning a few images (ShareGPT4V / DALL-E 3 style) through the same client
+        caps = [caption(out / "run", preset, style=s, limit=CAPTIONED) for s in ("short", "detailed")]
     finally:
         srv.stop()
     run = Run(out / "run")
@@ -188,7 +194,8 @@ def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResul
                                                     for n in ("ReFL", "DPO")},
                           dpo_final_acc=last_value(out / "dpo" / "metrics.jsonl", "dpo/implicit_acc"),
                           rl_steps=size.rl_steps, pixel_change={n: g["changed"] for n, g in grids.items()},
-                          prompt_opt=po)
+                          prompt_opt=po, captions=caption_rows(run, out),
+                          caption_cost=sum(c.cost_usd for c in caps))
     figs = _figures(out, run, rm_rows, judge_rows)
     path = write_report(out, numbers, figs, grids, eval_prompts, elapsed, fast)
     return DemoResult(path, summary(numbers, out, elapsed))

@@ -68,6 +68,8 @@ class DemoNumbers:
     rl_steps: int = 0
     pixel_change: dict[str, float] = field(default_factory=dict)
     prompt_opt: dict = field(default_factory=dict)
+    captions: list[dict] = field(default_factory=list)
+    caption_cost: float = 0.0
 
 
 def _acc_line(rows: list[dict]) -> str:
@@ -87,6 +89,9 @@ def summary(n: DemoNumbers, out: Path, elapsed: float) -> str:
     if "after/reward" in po:
         lines.append(f"  GRPO rewriter: held-out reward original prompt {po['eval/original']:+.3f}, rewriter "
                      f"{po['before/reward']:+.3f} -> {po['after/reward']:+.3f}")
+    if n.captions:
+        lines.append(f"  captions: {len(n.captions)} images recaptioned (short + detailed), ${n.caption_cost:.4f}; "
+                     f"e.g. “{n.captions[0]['short']}”")
     lines += [f"  report: {out / 'report.html'}",
               f"  runs:   vprefer info {out / 'run'}   (held-out world: {out / 'heldout'})"]
     return "\n".join(lines)
@@ -142,7 +147,46 @@ def write(out: Path, n: DemoNumbers, figs: dict[str, Path], grids: dict, prompts
         ("Fine-tuning", ft + rp.img(figs["curves"], out, "reward curves") + rp.img(figs["dpo"], out, "DPO implicit accuracy")),
         ("Before / after", grid_html),
         ("Prompt optimisation (GRPO)", _prompt_opt_html(n.prompt_opt, n.rl_steps)),
+        ("Recaptioning", _captions_html(n, out)),
     ])
+
+
+def caption_rows(run, out: Path) -> list[dict]:
+    """One row per captioned image (short and detailed captions); the images go into one strip,
+    ``report_files/captions.png``, numbered left to right as the rows."""
+    if not run.has("captions"):
+        return []
+    from PIL import Image
+
+    paths = dict(run.image_paths().select("image_id", "path").iter_rows())
+    rows: dict[str, dict] = {}
+    for iid, style, text in run.read("captions").select("image_id", "style", "caption").iter_rows():
+        rows.setdefault(iid, {"image": len(rows) + 1})[style] = text
+    side = 128
+    strip = Image.new("RGB", (side * len(rows), side), "white")
+    for k, iid in enumerate(rows):
+        with Image.open(paths[iid]) as im:
+            strip.paste(im.convert("RGB").resize((side, side), Image.Resampling.NEAREST), (k * side, 0))
+    (out / "report_files").mkdir(parents=True, exist_ok=True)
+    strip.save(out / "report_files" / "captions.png")
+    return list(rows.values())
+
+
+def _captions_html(n: DemoNumbers, out: Path) -> str:
+    if not n.captions:
+        return "<p>Not run.</p>"
+    return ("<p>The same client that judges also writes captions (<code>vprefer caption</code>): each image below "
+            "was sent with the <i>short</i> instruction (one sentence that could regenerate the image: "
+            "ShareGPT-4o-Image, DALL-E 3's short captions) and the <i>detailed</i> one (ShareGPT4V, DALL-E 3's "
+            f"descriptive captions), journalled and priced like annotation: ${n.caption_cost:.4f} at GPT-4o rates "
+            "for all of them. The stand-in captioner reads pixel statistics (dominant colour, background, noise), "
+            "so its captions name colours, not shapes; a real vision model names what it sees. "
+            "<code>vprefer caption RUN ... --to-prompts</code> adds captions as prompts (source "
+            "<code>caption:STYLE</code>), and <code>vprefer export RUN --format hf-captions</code> writes the "
+            "(image, caption) pairs as an HF dataset: a folder of images becomes a text-to-image training set.</p>"
+            "<p>Images 1 to " + str(len(n.captions)) + ", left to right:</p>"
+            + rp.img(out / "report_files" / "captions.png", out, "captioned images")
+            + rp.table_html(n.captions, ["image", "short", "detailed"]))
 
 
 def _prompt_opt_html(po: dict, steps: int) -> str:

@@ -37,7 +37,7 @@ from vprefer.rankings import ranking_pairs, ranks_from_scores
 from vprefer.store import Result, Run, as_run, atomic_write_bytes, is_url
 
 FORMATS_IN = ("imagereward", "hpdv2", "pickapic")
-FORMATS_OUT = ("imagereward", "pickapic", "hf")
+FORMATS_OUT = ("imagereward", "pickapic", "hf", "hf-captions")
 
 
 class FormatError(VpreferError, ValueError):
@@ -222,6 +222,10 @@ def _image_bytes(paths: dict[str, str], iid: str) -> bytes:
 def export_run(run_dir: Path | Run, out: Path, fmt: str, *, aspect: str = schema.OVERALL,
                annotator: str | None = None) -> int:
     run = as_run(run_dir)
+    if fmt == "hf-captions":  # image + caption rows (vprefer caption), not rankings
+        from vprefer.caption import export_captions_hf
+
+        return export_captions_hf(run, Path(out), annotator=annotator)
     rk = _selected(run, aspect, annotator)
     imgs = run.image_paths().unique("image_id", keep="last", maintain_order=True)
     uris, paths = dict(imgs.select("image_id", "uri").iter_rows()), dict(imgs.select("image_id", "path").iter_rows())

@@ -64,9 +64,10 @@ def import_(
 @friendly
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    fmt: str = typer.Option(..., "--format", help="imagereward | pickapic | hf"),
+    fmt: str = typer.Option(..., "--format", help="imagereward | pickapic | hf | hf-captions (image + caption "
+                                                  "rows written by `vprefer caption`)"),
     out_path: Path = typer.Option(..., "--out", help="Output file (imagereward: .json, pickapic: .parquet) "
-                                                     "or folder (hf)."),
+                                                     "or folder (hf, hf-captions)."),
     aspect: str = typer.Option(schema.OVERALL, help="Which aspect's rankings to export."),
     annotator: Optional[str] = typer.Option(None, help="Only this annotator's rankings (e.g. human)."),
 ) -> None:

@@ -76,13 +76,29 @@ def generate(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts."),
     recipe: str = typer.Option(..., "--recipe", help="rl/generators-*.yaml"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this run's total spend on API "
+                                             "generators; stops cleanly before passing it (rerun to resume)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count the images to make and price the API ones; "
+                                 "load and send nothing."),
 ) -> None:
-    """Generate image sets with several diffusers pipelines. Resumable; `accelerate launch -m vprefer generate` splits prompts across GPUs."""
+    """Generate image sets with diffusers pipelines and OpenAI-protocol image APIs. Resumable; `accelerate launch -m vprefer generate` splits prompts across GPUs."""
     from vprefer.generate import GenerateRecipe, generate as gen
 
     from vprefer.testing.stand_ins import ensure_generators
 
     rec = GenerateRecipe.load(recipe)
+    if dry_run:
+        c = gen(run_dir, rec, limit=limit, dry_run=True)
+        out.print(f"{c.todo:,} images to make ({c.skipped:,} already present), API images estimated "
+                  f"${c.est_cost_usd:.4f}; dry run: nothing was generated or sent")
+        return
     ensure_generators(rec)
-    c = gen(run_dir, rec, limit=limit)
-    out.print(f"generated {c.generated:,} images, skipped {c.skipped:,} already present")
+    c = gen(run_dir, rec, limit=limit, max_cost=max_cost)
+    extra = f", ${c.cost_usd:.4f} paid to API generators" if c.cost_usd else ""
+    if c.errors:
+        extra += f", {c.errors} API requests failed (rerun to retry)"
+    if c.resent:
+        extra += f", {c.resent} re-sent (in flight when the last run stopped; the images API keeps no copy)"
+    if c.stopped_for_budget:
+        extra += " — stopped before --max-cost"
+    out.print(f"generated {c.generated:,} images, skipped {c.skipped:,} already present{extra}")

@@ -1,0 +1,63 @@
+"""``vprefer caption``: recaption a run's images with a multimodal LLM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vprefer.cli._app import app, fail, friendly, out
+
+
+@app.command()
+@friendly
+def caption(
+    run_dir: Path = typer.Argument(..., help="Run directory with images."),
+    annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any vision chat model."),
+    style: str = typer.Option("detailed", "--style", help="short (one sentence: ShareGPT-4o-Image, DALL-E 3 short) | "
+                              "detailed (ShareGPT4V, DALL-E 3 descriptive) | a path to your own caption YAML."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this annotator's caption spend "
+                                             "on this run, for this style; stops cleanly before passing it."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="online | batch (default: the preset's)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the preset's model."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Parallel requests (online mode)."),
+    to_prompts: bool = typer.Option(False, "--to-prompts", help="Then add every caption of this style as a prompt "
+                                    "(source caption:<style>), e.g. to generate new image sets for it."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show how many captions and their estimated cost; "
+                                 "send nothing."),
+) -> None:
+    """Write a caption for every image (captions table) through the annotation client. Resumable."""
+    from vprefer.annotate.preset import AnnotatorPreset
+    from vprefer.caption import CaptionStyle, caption as caption_api, captions_to_prompts
+    from vprefer.llm import FatalAPIError
+
+    p = AnnotatorPreset.load(annotator, base_url=base_url, model=model, concurrency=concurrency)
+    st = CaptionStyle.load(style)
+    try:
+        r = caption_api(run_dir, p, style=st, max_cost=max_cost, limit=limit, dry_run=dry_run, mode=mode,
+                        on_update=_progress() if sys.stderr.isatty() else None)
+    except FatalAPIError as e:
+        fail(f"{e}. Everything answered so far is saved.")
+    if dry_run:
+        out.print(f"{r.planned} images: {r.already_done} already captioned ({st.name}), {r.todo} to send, "
+                  f"estimated ${r.est_cost_usd:.4f} ({r.est_basis}); dry run: nothing was sent")
+        return
+    out.print(f"{r.planned} images: {r.already_done} already captioned ({st.name}), {r.ok} new, {r.error} failed "
+              f"(rerun to retry), ${r.cost_usd:.4f} now, ${r.spent_total_usd:.4f} in all"
+              + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
+    if to_prompts:
+        n = captions_to_prompts(run_dir, style=st.name, annotator=p.annotator_id)
+        out.print(f"added {n} prompts (source caption:{st.name})")
+
+
+def _progress():
+    from vprefer.cli._app import console
+
+    def show(r) -> None:
+        console.print(f"\r{r.done}/{r.todo} captions, {r.in_flight} in flight, ${r.cost_usd:.4f}", end="")
+
+    return show
