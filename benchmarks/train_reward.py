@@ -6,6 +6,8 @@ is the process's max RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
 Also runs the learning check at a larger size when ``--learning`` is given.
 
     python benchmarks/train_reward.py [--steps 12] [--batch 8] [--learning]
+    HF_HOME=.cache/rehearsal HF_HUB_OFFLINE=1 python benchmarks/train_reward.py \
+        --backbone openai/clip-vit-large-patch14 --steps 2 --batch 4     # full size (benchmarks/rehearse.py build)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ VARIANTS = {"full": dict(lora=False, quant="none"), "lora": dict(lora=True, quan
             "qlora-4bit": dict(lora=True, quant="4bit")}
 
 
-def one(variant: str, steps: int, batch: int, tmp: Path) -> dict:
+def one(variant: str, steps: int, batch: int, tmp: Path, backbone: str | None = None) -> dict:
     import torch
 
     from vprefer.ingest import ingest
@@ -35,11 +37,13 @@ def one(variant: str, steps: int, batch: int, tmp: Path) -> dict:
     from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
     v = VARIANTS[variant]
-    ingest(write_dataset(tmp / "syn", 60, 4, size=64), tmp / "run")
+    ingest(write_dataset(tmp / "syn", 60 if backbone is None else 8, 4, size=64), tmp / "run")
     write_truth_pairs(tmp / "run")
-    make_tiny_backbone("clip", tmp / "bb", hidden=384, layers=6, image_size=224, patch=16, proj=256)
+    if backbone is None:
+        make_tiny_backbone("clip", tmp / "bb", hidden=384, layers=6, image_size=224, patch=16, proj=256)
     r = RewardRecipe.load("vp-score-tiny")
-    r.backbone.name_or_path, r.backbone.tiny = str(tmp / "bb"), None
+    r.backbone.name_or_path, r.backbone.tiny = backbone or str(tmp / "bb"), None
+    r.training.gradient_checkpointing = backbone is not None  # as the full-size recipes do
     r.lora.enabled, r.quantization = v["lora"], v["quant"]
     r.training.max_steps, r.training.batch_size, r.training.val_fraction = steps, batch, 0.0
     r.training.logging_steps, r.training.save_steps = 10_000, 10_000
@@ -57,17 +61,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--backbone", help="a hub id or folder instead of the mid-size random CLIP")
     ap.add_argument("--learning", action="store_true", help="also run the larger learning check")
     a = ap.parse_args()
     if a.variant:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(one(a.variant, a.steps, a.batch, Path(tmp))))
+            print(json.dumps(one(a.variant, a.steps, a.batch, Path(tmp), a.backbone)))
         return
-    rows = run_variants(__file__, VARIANTS, ["--steps", str(a.steps), "--batch", str(a.batch)])
+    rows = run_variants(__file__, VARIANTS, ["--steps", str(a.steps), "--batch", str(a.batch)]
+                        + (["--backbone", a.backbone] if a.backbone else []))
     base = next((r for r in rows if r["variant"] == "full"), None)
     for r in rows:
         rel = (f" | vs full: {r['pairs_per_s'] / base['pairs_per_s']:.2f}x pairs/s, "
                f"{r['state_mib'] / base['state_mib']:.2f}x training state") if base else ""
+        if base:
+            rel += f", {r['peak_mib'] / base['peak_mib']:.2f}x peak memory"
         print(f"{r['variant']:>11}: {r['pairs_per_s']:.1f} pairs/s, peak RSS {r['peak_mib']} MiB, "
               f"trainable {r['trainable']:,} params, weights+grads+Adam {r['state_mib']} MiB{rel}")
     if a.learning:
