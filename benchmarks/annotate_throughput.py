@@ -15,6 +15,7 @@ through the same openai client (measured on a sample, same run).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import socket
 import subprocess
@@ -66,12 +67,20 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(run_dir: Path, preset: AnnotatorPreset) -> tuple[float, float, int]:
-    """(req/s, client CPU ms per request, requests ok)."""
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc (Linux): the judge's share of the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(run_dir: Path, preset: AnnotatorPreset, judge_pid: int | None = None) -> tuple[float, float, int, float]:
+    """(req/s, client CPU ms per request, requests ok, judge CPU ms per request)."""
+    j0 = proc_cpu_s(judge_pid) if judge_pid else 0.0
     c0, t0 = cpu_s(), time.perf_counter()
     res = annotate(run_dir, preset)
     el, cpu = time.perf_counter() - t0, cpu_s() - c0
-    return res.ok / el, 1000 * cpu / max(1, res.ok), res.ok
+    j = (proc_cpu_s(judge_pid) - j0) if judge_pid else 0.0
+    return res.ok / el, 1000 * cpu / max(1, res.ok), res.ok, 1000 * j / max(1, res.ok)
 
 
 def main() -> None:
@@ -92,10 +101,11 @@ def main() -> None:
             for k, conc in enumerate(a.concurrency):
                 ingest(data, tmp / f"run{k}")
                 preset = AnnotatorPreset.load("local-judge", base_url=base_url, concurrency=conc, permutations=1)
-                rps, cpu_ms, ok = timed(tmp / f"run{k}", preset)
+                rps, cpu_ms, ok, judge_ms = timed(tmp / f"run{k}", preset, srv.pid)
                 bound = conc / a.latency
                 lines.append(f"concurrency {conc}: {ok} ok, {rps:.1f} req/s; bound {bound:.0f} req/s; "
-                             f"ratio {rps / bound:.3f}; client CPU {cpu_ms:.2f} ms/request")
+                             f"ratio {rps / bound:.3f}; client CPU {cpu_ms:.2f} ms/request, judge process CPU "
+                             f"{judge_ms:.2f} ms/request (both on the same {os.cpu_count()} cores)")
             # sequential reference: the same requests, one at a time, same client and server
             run, preset = Run(tmp / "run0"), AnnotatorPreset.load("local-judge", base_url=base_url)
             rubric, uris = Rubric.load(preset.rubric), image_uris(run)
@@ -114,10 +124,10 @@ def main() -> None:
         try:
             conc = 4 * a.capacity
             ingest(small, tmp / "pool1")
-            one, _, _ = timed(tmp / "pool1", AnnotatorPreset.load(
+            one, _, _, _ = timed(tmp / "pool1", AnnotatorPreset.load(
                 "local-judge", base_url=servers[0][1], concurrency=conc, permutations=1))
             ingest(small, tmp / "pool2")
-            two, _, _ = timed(tmp / "pool2", AnnotatorPreset.load(
+            two, _, _, _ = timed(tmp / "pool2", AnnotatorPreset.load(
                 "local-judge", base_urls=[u for _, u in servers], concurrency=conc, permutations=1))
         finally:
             for s, _ in servers:
