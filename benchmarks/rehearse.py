@@ -10,7 +10,7 @@ reads, so ``from_pretrained("ORG/NAME")`` under ``HF_HUB_OFFLINE=1`` resolves ex
 a user who downloaded the weights. ``run`` executes the vprefer command a recipe is for, in its own
 process with ``HF_HOME=CACHE`` and ``HF_HUB_OFFLINE=1``, on a copy of the recipe whose only changes
 are step counts (``max_steps``, sampling steps of the before/after grids, ``logging_steps`` so each
-update is timed); ``--cpu-batch`` also sets the batch to one and accumulation to one, said in the output,
+update is timed); ``--cpu-batch`` also sets the batch to 2 pairs (reward) or 1 (RL) and accumulation to one, said in the output,
 because a full-size update at the recipe's batch takes many minutes on a 2-core CPU. It prints seconds
 per update (from the trainer's own log) and the process's peak RSS.
 """
@@ -267,7 +267,7 @@ def main() -> None:
     r.add_argument("--cache", type=Path, default=REPO / ".cache" / "rehearsal")
     r.add_argument("--work", type=Path, default=None, help="outputs (default: a temporary folder)")
     r.add_argument("--steps", type=int, default=2)
-    r.add_argument("--cpu-batch", action="store_true", help="batch 1, no accumulation (CPU)")
+    r.add_argument("--cpu-batch", action="store_true", help="reward: batch 2, RL: batch 1; no accumulation (CPU)")
     a = ap.parse_args()
     if a.cmd == "build":
         build(a.cache.resolve(), a.only)

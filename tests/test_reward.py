@@ -18,6 +18,7 @@ from vprefer.reward.build import build
 from vprefer.reward.evaluate import evaluate_run
 from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.train import train_reward
+from vprefer.testing.helpers import tiny_reward_recipe
 from vprefer.testing.stand_ins import ensure_backbone
 from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
@@ -33,17 +34,7 @@ def world(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("world"), 24)
 
 
-def recipe(tmp_path, **over) -> RewardRecipe:
-    r = RewardRecipe.load("vp-score-tiny")
-    r.training.max_steps, r.training.save_steps, r.training.logging_steps = 3, 1000, 1000
-    r.training.val_fraction = 0.25
-    for k, v in over.items():
-        obj, _, attr = k.rpartition("__")
-        setattr(getattr(r, obj) if obj else r, attr, v)
-    # shared by the tests in a session dir, one per kind: whichever test runs first builds it
-    r.backbone.name_or_path = str(tmp_path.parent / f"tiny-{r.backbone.kind}")
-    ensure_backbone(r)
-    return r
+recipe = tiny_reward_recipe
 
 
 # ---------------------------------------------------------------------------- loss

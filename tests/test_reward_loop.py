@@ -14,10 +14,9 @@ from vprefer.recipes import RecipeError
 from vprefer.reward import VPScore
 from vprefer.reward.build import build, init_from
 from vprefer.reward.data import load_pairs
-from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.train import train_reward
 from vprefer.store import Run
-from vprefer.testing.stand_ins import ensure_backbone
+from vprefer.testing.helpers import tiny_reward_recipe
 from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
 
@@ -35,16 +34,7 @@ def audited(tmp_path_factory):
     return d / "run"
 
 
-def recipe(tmp_path, **over) -> RewardRecipe:
-    r = RewardRecipe.load("vp-score-tiny")
-    r.training.max_steps, r.training.save_steps, r.training.logging_steps = 3, 1000, 1000
-    r.training.val_fraction = 0.25
-    for k, v in over.items():
-        obj, _, attr = k.rpartition("__")
-        setattr(getattr(r, obj) if obj else r, attr, v)
-    r.backbone.name_or_path = str(tmp_path.parent / f"tiny-{r.backbone.kind}")
-    ensure_backbone(r)
-    return r
+recipe = tiny_reward_recipe
 
 
 def test_annotator_weights_mix_and_drop(audited):

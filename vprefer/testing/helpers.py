@@ -36,3 +36,21 @@ def local_preset(judge, **kw):
 def server_stats(judge) -> dict:
     with urllib.request.urlopen(judge.base_url.replace("/v1", "/_stats")) as r:
         return json.loads(r.read())
+
+
+def tiny_reward_recipe(tmp_path: Path, **over):
+    """The ``vp-score-tiny`` recipe for a quick test: 3 steps, a quarter of the prompts held out, overrides given
+    as ``section__field=value``. The tiny backbone is shared by the tests of a session folder, one per kind
+    (whichever test runs first builds it), so tests give the same result in any order."""
+    from vprefer.reward.recipe import RewardRecipe
+    from vprefer.testing.stand_ins import ensure_backbone
+
+    r = RewardRecipe.load("vp-score-tiny")
+    r.training.max_steps, r.training.save_steps, r.training.logging_steps = 3, 1000, 1000
+    r.training.val_fraction = 0.25
+    for k, v in over.items():
+        obj, _, attr = k.rpartition("__")
+        setattr(getattr(r, obj) if obj else r, attr, v)
+    r.backbone.name_or_path = str(Path(tmp_path).parent / f"tiny-{r.backbone.kind}")
+    ensure_backbone(r)
+    return r
