@@ -87,8 +87,9 @@ def test_transient_errors_are_retried_and_never_paid_twice(judge, colour_run):
     judge.state.faults.rate_429 = 0.4
     judge.state.faults.rate_500 = 0.1
     r = caption(colour_run, local_preset(judge, max_retries=25), style="short")  # never runs out of retries
-    assert r.ok == 6 and r.retries > 0
-    assert sorted(server_stats(judge)["answered"].values()) == [1] * 6
+    assert r.ok == 6 and r.retries > 0, r  # the report says what happened if this ever fails
+    answered = server_stats(judge)["answered"]
+    assert sorted(answered.values()) == [1] * 6, (answered, r)
 
 
 def test_max_cost_stops_before_passing_it_and_a_rerun_continues(judge, colour_run):
