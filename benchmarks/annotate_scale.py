@@ -58,14 +58,13 @@ def phase_fold(run_dir: Path, n: int) -> dict:
     from vprefer.annotate.requests import plan
     from vprefer.annotate.rubric import Rubric
     from vprefer.llm import Journal
+    from vprefer.store import Run
 
     preset = AnnotatorPreset.load("local-judge", base_url="http://127.0.0.1:9/v1", permutations=1)
     rubric = Rubric.load(preset.rubric)
-    reqs = plan(__import__("vprefer.store", fromlist=["Run"]).Run(run_dir), preset, rubric, limit=n, pin=False)
-    aspects = list(rubric.aspects)
-    from vprefer.store import Run
-
     run = Run(run_dir)
+    reqs = plan(run, preset, rubric, limit=n, pin=False)
+    aspects = list(rubric.aspects)
     with Journal(run, preset.slug, durable=False) as j:
         recs = []
         for r in reqs:
