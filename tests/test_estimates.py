@@ -82,3 +82,22 @@ def test_estimator_prefers_a_preset_override(judge, synth_run):
     p = local_preset(judge, output_tokens_per_image=100)
     e = Estimator.for_run(Run(synth_run), p, Rubric.load(p.rubric))
     assert e.output_tokens(3) == 300 and "override" in e.basis
+
+
+@pytest.mark.parametrize("structured", [True, False])
+@pytest.mark.parametrize("detail", ["low", "high"])
+def test_memoised_input_tokens_equal_the_exact_count(judge, structured, detail):
+    """The estimator memoises text by set size and images by size; it must give what the exact function does,
+    also for prompts whose braces could form a placeholder (those take the exact path)."""
+    from vprefer.annotate.requests import JudgeRequest, input_tokens
+
+    p = local_preset(judge, structured_output=structured, image_detail=detail, image_max_side=1024)
+    rubric = Rubric.load(p.rubric)
+    e = Estimator(p, rubric)
+    prompts = ["", "a cat", "x" * 301, "braces {n} inside " * 20, "a {prompt} b", "tail {", "é ü 漢字"]
+    sizes = [(512, 512), (1024, 768), (300, 2000), (4000, 10)]
+    for i, text in enumerate(prompts):
+        for n in (1, 2, 4):
+            shown = tuple(sizes[(i + j) % len(sizes)] for j in range(n))
+            req = JudgeRequest("r", "p", text, tuple("abcd"[:n]), tuple("abcd"[:n]), 0, shown)
+            assert e.input_tokens(req) == input_tokens(req, p, rubric), (text, n)

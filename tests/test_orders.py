@@ -101,3 +101,18 @@ def test_plan_pins_the_design_and_a_legacy_run_keeps_random(judge, synth_run):
     assert all(o == random_orders(pid, 3, 3)[0] for pid, o in legacy.items())
     assert set(reqs) == set(ann["request_id"])  # same ids: a rerun sends nothing
     assert annotate(synth_run, p).todo == 0
+
+
+def test_orders_and_request_ids_are_byte_for_byte_those_already_planned():
+    """Planning was made fast (a shared JSON encoder, the Williams rows cached per set size): a request id or
+    the order behind a permutation index may never change, or a rerun would pay again for answered requests.
+    The digest was taken with the code before the change; any change to an id or an order breaks it."""
+    import hashlib
+
+    from vprefer.ids import short_hash
+
+    orders = [shown_orders(f"p{i}", n, k, d) for d in ("balanced", "random") for i in range(40)
+              for n in (1, 2, 3, 4, 5, 6) for k in (1, 2, n, n + 1, 2 * n, 2 * n + 1)]
+    ids = [short_hash("judge", "vp@abc", f"p{i}", ("i1", "i2", "é"), i, n=24) for i in range(50)]
+    ids.append(short_hash("x", {"b": 1, "a": [1.5, None]}, 3))
+    assert hashlib.sha256(json.dumps([orders, ids]).encode()).hexdigest()[:16] == "d01cd9cd08c3ffd0"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from vprefer.annotate.preset import AnnotatorPreset
-from vprefer.annotate.requests import JudgeRequest, input_tokens
+from vprefer.annotate.requests import JudgeRequest, input_tokens, shown_image_tokens, text_chars
 from vprefer.annotate.rubric import Rubric
 from vprefer.llm import cost
 from vprefer.store import Run
@@ -51,6 +51,8 @@ class Estimator:
     measured_requests: int = 0
     max_per_image: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False)
+    _text: dict = field(default_factory=dict, repr=False)
+    _image: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_run(cls, run: Run, preset: AnnotatorPreset, rubric: Rubric) -> "Estimator":
@@ -93,8 +95,25 @@ class Estimator:
             self._cache[n] = rubric_output_tokens(self.rubric, n)
         return self._cache[n]
 
+    def input_tokens(self, req: JudgeRequest) -> int:
+        """:func:`~vprefer.annotate.requests.input_tokens`, from parts memoised by set size and image size:
+        the prompt only adds its length (a dry run over 1M sets must not rebuild the system text 1M times)."""
+        if "{" in req.prompt or "}" in req.prompt:  # it could form a placeholder: the exact path
+            return input_tokens(req, self.preset, self.rubric)
+        base = self._text.get(req.n)
+        if base is None:
+            base = self._text[req.n] = text_chars("", req.n, self.preset, self.rubric)
+        chars = base + self.rubric.user.count("{prompt}") * len(req.prompt)
+        img = 0
+        for wh in req.sizes:
+            t = self._image.get(wh)
+            if t is None:
+                t = self._image[wh] = shown_image_tokens(*wh, self.preset)
+            img += t
+        return chars // 4 + img + 10
+
     def tokens(self, req: JudgeRequest, *, upper: bool = False) -> tuple[int, int]:
-        return input_tokens(req, self.preset, self.rubric), self.output_tokens(req.n, upper=upper)
+        return self.input_tokens(req), self.output_tokens(req.n, upper=upper)
 
     def cost(self, req: JudgeRequest, *, batch: bool, upper: bool = False) -> float:
         return cost(self.preset, *self.tokens(req, upper=upper), batch=batch)

@@ -29,6 +29,7 @@ by the prompt, so which image comes first is random but reproducible; at most
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from itertools import permutations as all_perms
@@ -62,6 +63,17 @@ def _coset_key(row: list[int]) -> tuple[int, ...]:
     """Rows in the same block differ by a constant mod n; normalise so the first entry is 0."""
     n = len(row)
     return tuple((x - row[0]) % n for x in row)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_rows(n: int, k: int) -> tuple[tuple[int, ...], ...] | None:
+    """The rows :func:`balanced_rows` gives without drawing from its generator (the Williams block, and its
+    reverse for odd n), shared by every set of size ``n``; None when ``k`` needs random further blocks."""
+    k = min(k, math.factorial(n))
+    fixed = n * (2 if n % 2 else 1) if n > 1 else 1
+    if k > fixed:
+        return None
+    return tuple(tuple(r) for r in balanced_rows(n, k, random.Random(0)))
 
 
 def balanced_rows(n: int, k: int, rng: random.Random) -> list[list[int]]:
@@ -112,7 +124,8 @@ def balanced_orders(prompt_id: str, n: int, k: int) -> list[list[int]]:
     rng = random.Random(int(short_hash("balanced-orders", prompt_id), 16))
     label = list(range(n))
     rng.shuffle(label)
-    return [[label[x] for x in row] for row in balanced_rows(n, k, rng)]
+    rows = _fixed_rows(n, k) or balanced_rows(n, k, rng)  # same rows either way; planning 1M sets needs the cache
+    return [[label[x] for x in row] for row in rows]
 
 
 def shown_orders(prompt_id: str, n: int, k: int, design: Design = "balanced") -> list[list[int]]:

@@ -25,7 +25,7 @@ from vprefer.llm import Journal
 from vprefer.store import Run, atomic_write_json
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JudgeRequest:
     request_id: str
     prompt_id: str
@@ -98,14 +98,14 @@ def plan(run: Run, preset: AnnotatorPreset, rubric: Rubric, *, limit: int | None
     if limit is not None:
         sets = sets.head(limit)
     prompts = dict(run.read("prompts").select("prompt_id", "prompt").iter_rows())
+    rubric_hash, who, k = rubric.hash, preset.annotator_id, preset.permutations  # once, not per request
     out: list[JudgeRequest] = []
     for pid, ids, ws, hs in sets.iter_rows():
-        ids = tuple(ids)
-        size = dict(zip(ids, zip(ws, hs)))
-        for k, order in enumerate(shown_orders(pid, len(ids), preset.permutations, design)):
-            shown = tuple(ids[i] for i in order)
-            rid = short_hash(preset.annotator_id, rubric.hash, pid, ids, k, n=24)
-            out.append(JudgeRequest(rid, pid, prompts.get(pid, ""), ids, shown, k, tuple(size[i] for i in shown)))
+        ids, sizes, text = tuple(ids), tuple(zip(ws, hs)), prompts.get(pid, "")
+        for j, order in enumerate(shown_orders(pid, len(ids), k, design)):
+            rid = short_hash(who, rubric_hash, pid, ids, j, n=24)
+            out.append(JudgeRequest(rid, pid, text, ids, tuple(ids[i] for i in order), j,
+                                    tuple(sizes[i] for i in order)))
     return out
 
 
@@ -121,18 +121,28 @@ def image_tokens(w: int, h: int, detail: str) -> int:
     return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
 
 
-def input_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) -> int:
-    """Input token estimate. Text at ~4 characters a token (a documented heuristic: no tokenizer download is
-    possible offline); images by the detail rule at the re-encoded size. Output: ``annotate.estimate``."""
+def text_chars(prompt: str, n: int, preset: AnnotatorPreset, rubric: Rubric) -> int:
+    """Characters of a request's text: system (with the inline schema when the server has no structured
+    outputs), the user text, the per-image labels, and the response schema."""
     text = len(rubric.system_text(inline_schema=None if preset.structured_output else rubric.json_schema()))
-    text += len(rubric.user_text(req.prompt, req.n)) + 12 * req.n
+    text += len(rubric.user_text(prompt, n)) + 12 * n
     if preset.structured_output:
         text += len(str(rubric.json_schema()))
-    img = 0
-    for w, h in req.sizes:
-        s = min(1.0, preset.max_side / max(w, h))
-        img += image_tokens(max(1, round(w * s)), max(1, round(h * s)), preset.image_detail)
-    return text // 4 + img + 10
+    return text
+
+
+def shown_image_tokens(w: int, h: int, preset: AnnotatorPreset) -> int:
+    """One image's tokens at the size it is re-encoded to (``max_side``)."""
+    s = min(1.0, preset.max_side / max(w, h))
+    return image_tokens(max(1, round(w * s)), max(1, round(h * s)), preset.image_detail)
+
+
+def input_tokens(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric) -> int:
+    """Input token estimate. Text at ~4 characters a token (a documented heuristic: no tokenizer download is
+    possible offline); images by the detail rule at the re-encoded size. Output: ``annotate.estimate``;
+    :class:`~vprefer.annotate.estimate.Estimator` gives the same figure from memoised parts."""
+    img = sum(shown_image_tokens(w, h, preset) for w, h in req.sizes)
+    return text_chars(req.prompt, req.n, preset, rubric) // 4 + img + 10
 
 
 def chat_body(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric, run: Run, uris: dict[str, str]) -> dict:
