@@ -52,6 +52,12 @@ def phase_plan(run_dir: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "planned": res.planned}
 
 
+def why(rid: str, pos: str, aspect: str) -> str:
+    """A rationale of the rubric's expected length (45 tokens, ~180 characters), different per row."""
+    return (f"Image {pos} of {rid}: the {aspect} is judged from the subject, the composition and the detail; "
+            f"it is convincing overall with minor flaws near the edges, so it gets a middling score.")[:180]
+
+
 def phase_fold(run_dir: Path, n: int) -> dict:
     from vprefer.annotate import AnnotatorPreset
     from vprefer.annotate.records import fold, ledger_for
@@ -72,7 +78,7 @@ def phase_fold(run_dir: Path, n: int) -> dict:
             recs.append({"event": "done", "request_id": r.request_id, "status": "ok", "run_id": "bench",
                          "annotator": preset.annotator_id, "rubric": rubric.hash, "scale_max": 5,
                          "prompt_id": r.prompt_id, "shown": list(r.shown), "permutation": 0, "scores": pos,
-                         "rationales": {p: {a: "fine" for a in aspects} for p in pos},
+                         "rationales": {p: {a: why(r.request_id, p, a) for a in aspects} for p in pos},
                          "ranks": {a: {p: int(p) for p in pos} for a in aspects}, "raw": None,
                          "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.001, "latency_s": 0.2,
                          "attempts": 1, "error": None})

@@ -1,15 +1,21 @@
 """Time to turn 10^5 and 10^6 annotation rows into rankings and pairs (lazy polars).
 
 Rows are synthetic but shaped like a real run: 4 images per set, 4 aspects,
-2 permutations, 1-5 integer scores. Prints seconds and rows/s per size, and the
-ratio to a plain-Python dict-of-lists reference on the 10^5 size.
+2 permutations, 1-5 integer scores. Prints seconds, rows/s and the peak memory
+of ``build_pairs`` (run in its own process, so the figure is its own) per size,
+and the ratio to a plain-Python dict-of-lists reference on the first size.
+Issue 14's goal: 10^7 rows in <= 30 s with bounded memory.
 
-    python benchmarks/pairs_scale.py [--sizes 100000,1000000]
+    python benchmarks/pairs_scale.py [--sizes 100000,1000000,10000000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -56,26 +62,42 @@ def python_reference(df: pl.DataFrame) -> int:
     return len(agg)
 
 
+def child(folder: str) -> None:
+    t0 = time.perf_counter()
+    rk, pairs = build_pairs(Run(Path(folder)))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "pairs": pairs.height, "rankings": rk.height,
+                      "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
-    sizes = [int(s) for s in ap.parse_args().sizes.split(",")]
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child)
+    sizes = [int(s) for s in a.sizes.split(",")]
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             run = Run(Path(tmp), create=True)
             df = synth(n)
             run.write("annotations", schema.validate("annotations", df))
-            t0 = time.perf_counter()
-            rk, pairs = build_pairs(run)
-            el = time.perf_counter() - t0
-            line = f"{df.height:>9,} annotation rows -> {pairs.height:,} pairs, {rk.height:,} rankings in {el:.2f}s " \
-                   f"({df.height / el:,.0f} rows/s)"
+            p = subprocess.run([sys.executable, __file__, "--child", tmp], capture_output=True, text=True)
+            if p.returncode:
+                sys.exit(p.stderr[-3000:])
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            el = r["seconds"]
+            line = (f"{df.height:>10,} annotation rows -> {r['pairs']:,} pairs, {r['rankings']:,} rankings in "
+                    f"{el:.2f}s ({df.height / el:,.0f} rows/s), peak {r['peak_gib']:.2f} GiB")
             if n == sizes[0]:
                 t0 = time.perf_counter()
                 python_reference(df)
                 ref = time.perf_counter() - t0
                 line += f"; plain-Python reference (aspects only) {ref:.2f}s -> ratio {ref / el:.1f}x"
-            print(line)
+            if n >= 10_000_000:
+                line += f"; goal 30 s -> ratio goal/ours = {30 / el:.2f}"
+            print(line, flush=True)
+            del df
 
 
 if __name__ == "__main__":

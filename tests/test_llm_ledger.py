@@ -44,3 +44,37 @@ def test_writes_are_durable_and_counted_without_rereading(tmp_path):
     assert again.done == led.done and again.spent_usd == led.spent_usd
     assert [r["event"] for r in read_journal(led.path)] == ["sent", "done"]
     assert b"sk-abcdef" not in led.path.read_bytes()  # the journal's redaction holds through the ledger
+
+
+def test_secrets_never_reach_the_journal_whatever_their_shape(tmp_path, monkeypatch):
+    """Lines are searched as bytes for every secret (raw and JSON-escaped) and key shape; only lines that hold
+    one are redacted record by record. A secret set after the journal opened is still masked."""
+    run = Run(tmp_path / "run", create=True)
+    monkeypatch.setenv("JUDGE_API_KEY", "plain-secret-value")
+    with Journal(run, "x") as j:
+        monkeypatch.setenv("OTHER_TOKEN", 'quote"and\\slash')
+        for rec in [{"event": "done", "request_id": "a", "raw": "echo plain-secret-value back", "n": 123456},
+                    {"event": "done", "request_id": "b", "error": 'bad key quote"and\\slash'},
+                    {"event": "done", "request_id": "c", "raw": "Authorization: Bearer\nabcdefghijk123"},
+                    {"event": "done", "request_id": "d", "raw": "nothing to hide", "cost_usd": 0.5}]:
+            j.write_many([rec])  # one at a time: each line must be caught on its own
+    text = j.path.read_bytes()
+    assert b"plain-secret-value" not in text and b"quote" not in text and b"abcdefghijk123" not in text
+    lines = list(read_journal(j.path))
+    assert [r["request_id"] for r in lines] == ["a", "b", "c", "d"]
+    assert lines[0]["raw"] == "echo *** back" and lines[0]["n"] == 123456
+    assert lines[3] == {"event": "done", "request_id": "d", "raw": "nothing to hide", "cost_usd": 0.5}
+
+
+def test_a_line_torn_by_a_crash_does_not_swallow_the_next_process_first_answer(tmp_path):
+    """kill -9 mid-write leaves a line without its newline; the next process's first line used to be appended
+    to it, the two read as one garbled line, and that answer (paid) was lost."""
+    run = Run(tmp_path / "run", create=True)
+    with Ledger(run, "x") as led:
+        led.write({"event": "done", "request_id": "a", "cost_usd": 1.0})
+    with open(led.path, "ab") as f:
+        f.write(b'{"event":"done","requ')
+    with Ledger(run, "x") as led:
+        led.write({"event": "done", "request_id": "b", "cost_usd": 2.0})
+    again = Ledger(run, "x")
+    assert again.done == {"a", "b"} and again.spent_usd == pytest.approx(3.0)

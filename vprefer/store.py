@@ -257,6 +257,10 @@ class Run:
         keep = old.with_row_index("_row").join(drop, on=keys, how="anti").sort("_row").drop("_row")
         self.write(name, pl.concat([keep, frame], how="vertical_relaxed"))
 
+    def part_count(self, name: str) -> int:
+        """Live parts not yet folded into the base (each append adds one)."""
+        return len(self._files(name)[2])
+
     def compact(self, name: str, *, dedupe: bool = True) -> None:
         """Fold live parts into a new base; with ``dedupe`` keep the last row per natural key."""
         base, _, parts = self._files(name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from vprefer import schema
 from vprefer.annotate.requests import JudgeRequest
 from vprefer.annotate.rubric import Judgement
 from vprefer.llm import Ledger
@@ -67,13 +66,30 @@ def ledger_for(run: Run, slug: str, annotator: str) -> Ledger:
                   recorded_usd=float(per_req["cost_usd"].sum() or 0.0))
 
 
+COMPACT_AFTER_PARTS = 32  # readers scan base + parts; merging 16M rows on every fold would cost more than it saves
+
+
 def fold(run: Run, ledger: Ledger, aspects: list[str]) -> int:
-    """Append journalled answers not yet in ``annotations``; returns the number of requests added."""
-    new = ledger.unrecorded()  # first answer per request: the one that was paid for
-    if not new:
+    """Append journalled answers not yet in ``annotations``; returns the number of requests added.
+
+    Streams the journal in chunks (:mod:`vprefer.annotate.fold`): each chunk is one appended part, marked
+    recorded once it is durable, so a crash mid-fold leaves a table the next fold completes."""
+    from vprefer.annotate.fold import unrecorded_rows  # it imports rows_from_record from here
+
+    if not ledger.unrecorded_ids():
         return 0
-    rows = [row for rec in new for row in rows_from_record(rec, aspects)]
-    run.append("annotations", schema.frame("annotations", rows))
-    run.compact("annotations")
-    ledger.mark_recorded(new)
-    return len(new)
+    added = 0
+    for rows, rids in unrecorded_rows(ledger.path, aspects, ledger.recorded_ids(), nmax=_largest_set(run)):
+        run.append("annotations", rows)
+        ledger.mark_recorded(rids)
+        added += len(rids)
+    if added and run.part_count("annotations") > COMPACT_AFTER_PARTS:
+        run.compact("annotations", dedupe=False)  # a fold never appends a request twice: nothing to dedupe
+    return added
+
+
+def _largest_set(run: Run) -> int:
+    """Images in the run's largest set: the positions an answer can have (more is caught and read slowly)."""
+    if not run.has("images"):
+        return 8
+    return max(1, run.scan("images").group_by("prompt_id").len().select(pl.col("len").max()).collect().item() or 1)

@@ -18,7 +18,9 @@ import time
 from contextlib import contextmanager
 from typing import Iterable
 
-from vprefer.llm.journal import Journal, read
+import polars as pl
+
+from vprefer.llm.journal import Journal, index, read
 from vprefer.store import Run
 
 
@@ -31,15 +33,28 @@ class Ledger:
         self._recorded = set(recorded)
         self._recorded_usd = recorded_usd
         self._unrecorded_usd = 0.0  # kept as a running sum: the send loop asks before every request
-        self._answers: dict[str, dict] = {}  # first "done" per request: the one that was paid for
+        self._answers: dict[str, float] = {}  # first "done" per request (the one paid for) -> its cost
         self._sent: set[str] = set()
         self._sent_at: dict[str, float] = {}  # wall-clock time of the last "sent" line per request
         self._lock = threading.Lock()
         self._journal: Journal | None = None
         self._pending: list[tuple[dict, asyncio.Future]] = []  # group commit (awrite)
         self._flushing = False
-        for rec in read(self.path):
-            self._observe(rec)
+        self._load()
+
+    def _load(self) -> None:
+        """Learn done / sent / spent from the journal's index (columns, not records: 1M answers fit)."""
+        ix = index(self.path)
+        if ix.is_empty():
+            return
+        sent = ix.filter(pl.col("event") == "sent").unique("request_id", keep="last")
+        self._sent = set(sent["request_id"].to_list())
+        self._sent_at = dict(zip(sent["request_id"].to_list(), sent["at"].fill_null(0.0).to_list()))
+        done = ix.filter(pl.col("event") == "done").unique("request_id", keep="first", maintain_order=True)
+        self._answers = dict(zip(done["request_id"].to_list(), done["cost_usd"].fill_null(0.0).to_list()))
+        if self._recorded:
+            done = done.filter(~pl.col("request_id").is_in(pl.Series(list(self._recorded), dtype=pl.String).implode()))
+        self._unrecorded_usd = float(done["cost_usd"].fill_null(0.0).sum())
 
     def _observe(self, rec: dict) -> None:
         ev = rec.get("event")
@@ -47,7 +62,7 @@ class Ledger:
             self._sent.add(rec["request_id"])
             self._sent_at[rec["request_id"]] = float(rec.get("at") or 0.0)
         elif ev == "done" and rec["request_id"] not in self._answers:
-            self._answers[rec["request_id"]] = rec
+            self._answers[rec["request_id"]] = rec.get("cost_usd") or 0.0
             if rec["request_id"] not in self._recorded:
                 self._unrecorded_usd += rec.get("cost_usd") or 0.0
 
@@ -75,25 +90,46 @@ class Ledger:
         return self._recorded_usd + self._unrecorded_usd
 
     def answers(self) -> list[dict]:
-        """The first ``done`` record of every answered request, in journal order."""
+        """The first ``done`` record of every answered request, in journal order. Read from the journal on
+        each call (the ledger keeps ids and costs, not records): for jobs of thousands of answers; the
+        annotation fold streams instead (:mod:`vprefer.annotate.fold`)."""
         with self._lock:
-            return list(self._answers.values())
+            seen: set[str] = set()
+            out = []
+            for rec in read(self.path):
+                if rec.get("event") == "done" and rec["request_id"] not in seen:
+                    seen.add(rec["request_id"])
+                    out.append(rec)
+            return out
 
     def unrecorded(self) -> list[dict]:
         """Answers the results table does not hold yet: what a fold must add."""
         with self._lock:
-            return [r for rid, r in self._answers.items() if rid not in self._recorded]
+            if not self._answers.keys() - self._recorded:
+                return []
+        return [r for r in self.answers() if r["request_id"] not in self._recorded]
 
-    def mark_recorded(self, records: Iterable[dict]) -> None:
-        """The job folded these answers into its table (cost moves from journal to table, the total stays)."""
+    def unrecorded_ids(self) -> set[str]:
+        with self._lock:
+            return self._answers.keys() - self._recorded
+
+    def recorded_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._recorded)
+
+    def mark_recorded(self, records: Iterable[dict | str]) -> None:
+        """The job folded these answers (records or request ids) into its table (cost moves from journal to
+        table, the total stays)."""
         with self._lock:
             for r in records:
-                rid = r["request_id"]
+                rid = r if isinstance(r, str) else r["request_id"]
                 if rid not in self._recorded:
                     self._recorded.add(rid)
-                    paid = self._answers.get(rid, r).get("cost_usd") or 0.0
                     if rid in self._answers:
+                        paid = self._answers[rid]
                         self._unrecorded_usd -= paid
+                    else:
+                        paid = 0.0 if isinstance(r, str) else r.get("cost_usd") or 0.0
                     self._recorded_usd += paid
 
     # ------------------------------------------------------------------ writing
