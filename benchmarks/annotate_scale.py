@@ -58,9 +58,8 @@ def why(rid: str, pos: str, aspect: str) -> str:
             f"it is convincing overall with minor flaws near the edges, so it gets a middling score.")[:180]
 
 
-def phase_fold(run_dir: Path, n: int) -> dict:
+def phase_journal(run_dir: Path, n: int) -> dict:
     from vprefer.annotate import AnnotatorPreset
-    from vprefer.annotate.records import fold, ledger_for
     from vprefer.annotate.requests import plan
     from vprefer.annotate.rubric import Rubric
     from vprefer.llm import Journal
@@ -86,6 +85,19 @@ def phase_fold(run_dir: Path, n: int) -> dict:
                 j.write_many(recs)
                 recs = []
         j.write_many(recs)
+    return {"journalled": len(reqs)}
+
+
+def phase_fold(run_dir: Path) -> dict:
+    """Timed in a process of its own, so the peak memory is the fold's (not the journal writer's)."""
+    from vprefer.annotate import AnnotatorPreset
+    from vprefer.annotate.records import fold, ledger_for
+    from vprefer.annotate.rubric import Rubric
+    from vprefer.store import Run
+
+    preset = AnnotatorPreset.load("local-judge", base_url="http://127.0.0.1:9/v1", permutations=1)
+    aspects = list(Rubric.load(preset.rubric).aspects)
+    run = Run(run_dir)
     t0 = time.perf_counter()
     ledger = ledger_for(run, preset.slug, preset.annotator_id)
     added = fold(run, ledger, aspects)
@@ -93,7 +105,9 @@ def phase_fold(run_dir: Path, n: int) -> dict:
 
 
 def child(kind: str, run_dir: str, n: int) -> None:
-    out = phase_plan(Path(run_dir)) if kind == "plan" else phase_fold(Path(run_dir), n)
+    phases = {"plan": lambda: phase_plan(Path(run_dir)), "journal": lambda: phase_journal(Path(run_dir), n),
+              "fold": lambda: phase_fold(Path(run_dir))}
+    out = phases[kind]()
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     print(json.dumps(out))
 
@@ -112,7 +126,7 @@ def main() -> None:
         build(run_dir, a.sets)
         print(f"built a run of {a.sets:,} sets x 4 images in {time.perf_counter() - t0:.1f}s")
         res = {}
-        for kind, n in (("plan", 0), ("fold", a.fold)):
+        for kind, n in (("plan", 0), ("journal", a.fold), ("fold", 0)):
             p = subprocess.run([sys.executable, __file__, "--child", kind, str(run_dir), str(n)],
                                capture_output=True, text=True)
             if p.returncode:

@@ -245,3 +245,25 @@ def test_batch_reask_of_the_same_request_twice_gets_a_new_batch_then_is_stored_i
     assert list(stats["answered"].values()) == [3] and stats["batches"] == 3
     ann = Run(synth_run).read("annotations")
     assert set(ann["status"]) == {"invalid"} and ann["raw"].str.contains("lost track").all()
+
+
+def test_batch_reasks_stay_within_the_cap(judge, synth_run):
+    """A re-ask is paid like any request: with every answer malformed and a cap that fits one round, the
+    re-ask batches that would overrun it are not submitted (they were, on top of the cap)."""
+    from vprefer.annotate.estimate import Estimator
+    from vprefer.annotate.requests import plan
+    from vprefer.annotate.rubric import Rubric
+    from vprefer.llm import read_journal
+
+    judge.state.faults.malformed_rate = 1.0
+    p = local_preset(judge, mode="batch", invalid_retries=2)
+    rubric = Rubric.load(p.rubric)
+    est = Estimator.for_run(Run(synth_run), p, rubric)
+    cap = sum(est.cost(r, batch=True, upper=True) for r in plan(Run(synth_run), p, rubric, pin=False)) * 1.01
+    res = annotate(synth_run, p, poll_s=0.05, max_cost=cap)
+    journal = list(read_journal(synth_run / "journal" / f"annotate-{p.slug}.jsonl"))
+    done = {r["request_id"]: r["cost_usd"] for r in journal if r["event"] == "done"}  # re-asks included
+    paid = sum(done.values()) + sum(r["cost_usd"] for r in journal
+                                    if r["event"] == "reask" and r["request_id"] not in done)
+    assert res.stopped_for_budget and server_stats(judge)["batches"] >= 2  # some re-asks fitted, not all
+    assert 0 < paid <= cap and res.ok == 0 and len(done) < 12

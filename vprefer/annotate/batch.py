@@ -44,7 +44,11 @@ class BatchRunner(_Batches[JudgeRequest]):
     def body(self, req: JudgeRequest) -> dict:
         return chat_body(req, self.preset, self.rubric, self.run, self.uris)
 
-    def answer(self, req: JudgeRequest, body: dict) -> Outcome:
+    def reask_cost_pending(self, done: set[str]) -> float:
+        """Paid re-asks of requests not answered for good yet: spent, but in no ``done`` record so far."""
+        return sum(r["cost_usd"] for rid, recs in self.reasks.items() if rid not in done for r in recs.values())
+
+    def answer(self, req: JudgeRequest, body: dict) -> Outcome | None:
         usage = body.get("usage") or {}
         tin, tout = usage.get("prompt_tokens", 0) or 0, usage.get("completion_tokens", 0) or 0
         raw = (body.get("choices") or [{}])[0].get("message", {}).get("content")
@@ -56,7 +60,7 @@ class BatchRunner(_Batches[JudgeRequest]):
         earlier = self.reasks.setdefault(req.request_id, {})
         rid = body.get("id") or f"{req.request_id}:{len(earlier)}"
         if rid in earlier:  # the same output collected again (a crash mid-collect): already counted
-            return Outcome("retries")
+            return None
         if status == "invalid" and len(earlier) < self.preset.invalid_retries:
             rec = {"event": "reask", "request_id": req.request_id, "response_id": rid, "input_tokens": tin,
                    "output_tokens": tout, "cost_usd": c, "error": err}

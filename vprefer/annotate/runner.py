@@ -76,16 +76,8 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
         res.spent_total_usd = ledger.spent_usd
         res.bias = position_bias(run, preset.annotator_id) if run.has("annotations") else None
         return res
-    if preset.mode == "batch" and max_cost is not None:  # a batch is paid whole: submit only what fits
-        keep, acc = [], ledger.spent_usd
-        for r in todo:
-            c = est.cost(r, batch=True, upper=True)
-            if acc + c > max_cost:
-                res.stopped_for_budget = True
-                break
-            keep.append(r)
-            acc += c
-        todo = keep
+    if preset.mode == "batch":
+        todo = _within_budget(todo, est, ledger, max_cost, res)
     if preset.mode != "offline":  # offline chunks need no server and no key
         preset.api_key()  # fail fast, before anything is written, if the key is missing
     run_id = _run_id()
@@ -123,6 +115,10 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                     rounds += 1
                     if not left or rounds > preset.max_retries + preset.invalid_retries:
                         break
+                    left = _within_budget(left, est, ledger, max_cost, res,  # re-asks are paid too
+                                          pending_usd=batches.reask_cost_pending(ledger.done))
+                    if not left:
+                        break
                     batches.submit(left, image_uris(run))  # error-file lines (not billed) and re-asks
                 if not wait:
                     batches.poll(by_id)
@@ -133,6 +129,24 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     res.spent_total_usd = ledger.spent_usd
     res.bias = position_bias(run, preset.annotator_id)
     return res
+
+
+def _within_budget(todo: list, est: Estimator, ledger, max_cost: float | None, res: AnnotateResult, *,
+                   pending_usd: float = 0.0) -> list:
+    """The requests of a batch that fit the cap (a batch is paid whole: submit only what fits), reserving
+    each at the upper estimate on top of everything spent so far (``pending_usd``: paid re-asks whose
+    request has no final answer yet)."""
+    if max_cost is None:
+        return todo
+    keep, acc = [], ledger.spent_usd + pending_usd
+    for r in todo:
+        c = est.cost(r, batch=True, upper=True)
+        if acc + c > max_cost:
+            res.stopped_for_budget = True
+            break
+        keep.append(r)
+        acc += c
+    return keep
 
 
 def _run_id() -> str:

@@ -93,8 +93,9 @@ class BatchRunner(Generic[T]):
         """The ``/v1/chat/completions`` body for one item."""
         raise NotImplementedError
 
-    def answer(self, item: T, body: dict) -> Outcome:
-        """Journal one answered line (``body`` is the completion) and say what it came to."""
+    def answer(self, item: T, body: dict) -> Outcome | None:
+        """Journal one answered line (``body`` is the completion) and say what it came to; None when this
+        answer was already counted (the same output file collected again after a crash)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- submit
@@ -214,7 +215,9 @@ class BatchRunner(Generic[T]):
                 continue
             resp = line.get("response") or {}
             if resp.get("status_code") == 200 and not line.get("error") and isinstance(resp.get("body"), dict):
-                self.report.count(self.answer(item, resp["body"]))
+                outcome = self.answer(item, resp["body"])
+                if outcome is not None:
+                    self.report.count(outcome)
                 n["answered"] += 1
                 if done is not None:
                     done.add(cid)
