@@ -10,8 +10,8 @@ Prints the share of judge mistakes among the chosen pairs for both strategies an
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
+
+from _judge import judge_and_sets
 
 
 def mistakes(run, chosen) -> float:
@@ -41,28 +41,22 @@ def main() -> None:
     from vprefer.audit.tasks import select_pairs
     from vprefer.ingest import ingest
     from vprefer.store import Run
-    from vprefer.testing.judge_server import JudgeServer
-    from vprefer.testing.synthetic import write_dataset, write_truth_pairs
+    from vprefer.testing.synthetic import write_truth_pairs
 
-    srv = JudgeServer().start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            ingest(write_dataset(tmp / "syn", a.sets, 4, size=32), tmp / "run")
-            write_truth_pairs(tmp / "run")
-            p = AnnotatorPreset.load("local-judge", base_url=srv.base_url, permutations=a.permutations, concurrency=8)
-            annotate(tmp / "run", p)
-            run = Run(tmp / "run")
-            every = mistakes(run, select_pairs(run, 10**9, "random"))
-            dis = mistakes(run, select_pairs(run, a.pairs, "disagreement"))
-            rnd = [mistakes(run, select_pairs(run, a.pairs, "random", seed=s)) for s in range(20)]
-            rnd_mean = sum(rnd) / len(rnd)
-            print(f"{a.sets} sets of 4, {a.permutations} shown orders, stand-in judge; {a.pairs} pairs chosen")
-            print(f"  judge mistakes over all pairs: {every:.3f}")
-            print(f"  among disagreement pairs: {dis:.3f}; among random pairs (mean of 20 draws): {rnd_mean:.3f}")
-            print(f"  ratio disagreement / random: {dis / rnd_mean:.2f}")
-    finally:
-        srv.stop()
+    with judge_and_sets(a.sets) as (srv, tmp, manifest):
+        ingest(manifest, tmp / "run")
+        write_truth_pairs(tmp / "run")
+        p = AnnotatorPreset.load("local-judge", base_url=srv.base_url, permutations=a.permutations, concurrency=8)
+        annotate(tmp / "run", p)
+        run = Run(tmp / "run")
+        every = mistakes(run, select_pairs(run, 10**9, "random"))
+        dis = mistakes(run, select_pairs(run, a.pairs, "disagreement"))
+        rnd = [mistakes(run, select_pairs(run, a.pairs, "random", seed=s)) for s in range(20)]
+        rnd_mean = sum(rnd) / len(rnd)
+        print(f"{a.sets} sets of 4, {a.permutations} shown orders, stand-in judge; {a.pairs} pairs chosen")
+        print(f"  judge mistakes over all pairs: {every:.3f}")
+        print(f"  among disagreement pairs: {dis:.3f}; among random pairs (mean of 20 draws): {rnd_mean:.3f}")
+        print(f"  ratio disagreement / random: {dis / rnd_mean:.2f}")
 
 
 if __name__ == "__main__":

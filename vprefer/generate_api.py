@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -48,7 +46,7 @@ from vprefer.errors import MissingError
 from vprefer.images import BadImage, check_bytes
 from vprefer.ingest import store_image
 from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, send_all
-from vprefer.recipes import RecipeError
+from vprefer.llm.settings import env_or, key_from_env, slug
 from vprefer.store import Run
 
 
@@ -105,20 +103,14 @@ class Endpoint:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.annotator_id)
+        return slug(self.annotator_id)
 
     def resolved_base_url(self) -> str | None:
-        s = self.spec
-        return os.environ.get(s.base_url_env) if s.base_url_env and os.environ.get(s.base_url_env) else s.base_url
+        return env_or(self.spec.base_url_env, self.spec.base_url)
 
     def api_key(self) -> str:
-        key = os.environ.get(self.spec.api_key_env)
-        if key:
-            return key
-        if self.spec.api_key_required:
-            raise RecipeError(f"generator {self.name!r} needs an API key: set the environment variable "
-                              f"{self.spec.api_key_env} (keys are never read from files or flags)")
-        return "not-needed"
+        return key_from_env(self.spec.api_key_env, required=self.spec.api_key_required,
+                            what=f"generator {self.name!r}")
 
     def resolved(self) -> dict:
         return {"name": self.name, **self.spec.model_dump()}

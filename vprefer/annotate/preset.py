@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vprefer.recipes import Recipe, RecipeError, find_asset
+from vprefer.llm.settings import env_or, key_from_env, slug
+from vprefer.recipes import Recipe, find_asset
 
 
 class Prices(BaseModel):
@@ -75,16 +75,14 @@ class AnnotatorPreset(Recipe):
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.annotator_id)
+        return slug(self.annotator_id)
 
     @property
     def max_side(self) -> int:
         return self.image_max_side or (512 if self.image_detail == "low" else 768)
 
     def resolved_base_url(self) -> str | None:
-        if self.base_url_env and os.environ.get(self.base_url_env):
-            return os.environ[self.base_url_env]
-        return self.base_url
+        return env_or(self.base_url_env, self.base_url)
 
     def resolved_base_urls(self) -> list[str]:
         """The pool (empty: the one server of :meth:`resolved_base_url`)."""
@@ -93,10 +91,4 @@ class AnnotatorPreset(Recipe):
         return list(self.base_urls)
 
     def api_key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if key:
-            return key
-        if self.api_key_required:
-            raise RecipeError(f"annotator {self.name!r} needs an API key: set the environment variable "
-                              f"{self.api_key_env} (keys are never read from files or flags)")
-        return "not-needed"
+        return key_from_env(self.api_key_env, required=self.api_key_required, what=f"annotator {self.name!r}")

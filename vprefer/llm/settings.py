@@ -10,7 +10,11 @@ detail) is about *what* to ask and stays with the job that asks it.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Protocol
+
+from vprefer.recipes import RecipeError
 
 
 class Prices(Protocol):
@@ -52,6 +56,27 @@ class ClientSettings(Protocol):
     def api_key(self) -> str: ...
 
     def resolved(self) -> dict: ...
+
+
+def slug(annotator_id: str) -> str:
+    """``annotator_id`` made safe for a file name (journals, batch state)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", annotator_id)
+
+
+def env_or(env: str | None, value: str | None) -> str | None:
+    """The variable ``env`` when it is set and not empty, else ``value`` (base URLs a deployment overrides)."""
+    return os.environ[env] if env and os.environ.get(env) else value
+
+
+def key_from_env(env: str, *, required: bool, what: str) -> str:
+    """The API key, only ever from the environment; a clear error when it is needed and missing."""
+    key = os.environ.get(env)
+    if key:
+        return key
+    if required:
+        raise RecipeError(f"{what} needs an API key: set the environment variable {env} "
+                          "(keys are never read from files or flags)")
+    return "not-needed"
 
 
 def cost(settings: ClientSettings, input_tokens: int, output_tokens: int, *, batch: bool) -> float:
