@@ -267,3 +267,31 @@ def test_batch_reasks_stay_within_the_cap(judge, synth_run):
                                     if r["event"] == "reask" and r["request_id"] not in done)
     assert res.stopped_for_budget and server_stats(judge)["batches"] >= 2  # some re-asks fitted, not all
     assert 0 < paid <= cap and res.ok == 0 and len(done) < 12
+
+
+def test_reasks_paid_by_a_dead_process_count_against_the_first_batch(judge, synth_run):
+    """A process paid re-asks, then died before their answers: the next process's first batch must
+    reserve that money too (it used to check the cap against the answered spend alone)."""
+    import json
+
+    from vprefer.annotate.estimate import Estimator
+    from vprefer.annotate.requests import plan
+    from vprefer.annotate.rubric import Rubric
+    from vprefer.llm import read_journal
+
+    p = local_preset(judge, mode="batch", invalid_retries=2)
+    rubric = Rubric.load(p.rubric)
+    reqs = plan(Run(synth_run), p, rubric, pin=False)
+    full = sum(Estimator.for_run(Run(synth_run), p, rubric).cost(r, batch=True, upper=True) for r in reqs)
+    path = synth_run / "journal" / f"annotate-{p.slug}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dead = [{"event": "reask", "request_id": r.request_id, "response_id": f"old-{k}", "input_tokens": 1000,
+             "output_tokens": 100, "cost_usd": full / 4, "error": "invalid answer: earlier"}
+            for k, r in enumerate(reqs[:2])]  # half the full cost already paid
+    path.write_text("".join(json.dumps(r) + "\n" for r in dead))
+    cap = full * 1.01
+    res = annotate(synth_run, p, poll_s=0.05, max_cost=cap)
+    done = {r["request_id"]: r["cost_usd"] for r in read_journal(path) if r["event"] == "done"}
+    paid = sum(done.values()) + sum(r["cost_usd"] for r in dead if r["request_id"] not in done)
+    assert res.stopped_for_budget and 0 < len(done) < len(reqs)
+    assert paid <= cap

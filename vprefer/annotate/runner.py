@@ -76,8 +76,6 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
         res.spent_total_usd = ledger.spent_usd
         res.bias = position_bias(run, preset.annotator_id) if run.has("annotations") else None
         return res
-    if preset.mode == "batch":
-        todo = _within_budget(todo, est, ledger, max_cost, res)
     if preset.mode != "offline":  # offline chunks need no server and no key
         preset.api_key()  # fail fast, before anything is written, if the key is missing
     run_id = _run_id()
@@ -108,6 +106,9 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                                                                      failed=r.invalid + r.error,
                                                                      inflight=r.open_batches, cost=r.cost_usd))
                 by_id = {r.request_id: r for r in reqs}
+                # re-asks an earlier process paid (and died before their answer) count against the cap too
+                todo = _within_budget(todo, est, ledger, max_cost, res,
+                                      pending_usd=batches.reask_cost_pending(ledger.done))
                 batches.submit(todo, image_uris(run))
                 rounds = 0
                 while wait and batches.wait(by_id, poll_s=poll_s, timeout_s=wait_timeout_s):
