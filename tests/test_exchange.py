@@ -27,6 +27,24 @@ def test_imagereward_test_set_counts_and_exact_round_trip(shared_data, tmp_path)
     assert (tmp_path / "back.json").read_bytes() == src.read_bytes()  # the shipped file is 4-space JSON: byte for byte
 
 
+def test_two_imports_sharing_a_prompt_keep_both_sets(shared_data, tmp_path):
+    """The real test file split in two where a prompt's image sets straddle the cut (rows 251 | 337, 398):
+    imported one after the other, then the second again, the run exports the whole file back (the second
+    import's prompt row used to replace the first's, and with it the first set's source row)."""
+    src = shared_data / "imagereward_test.json"
+    orig = json.loads(src.read_text())
+    for name, part in (("a.json", orig[:300]), ("b.json", orig[300:])):
+        (tmp_path / name).write_text(json.dumps(part, indent=4))
+    for name in ("a.json", "b.json", "b.json"):
+        import_file(tmp_path / name, tmp_path / "run", "imagereward")
+    run = Run(tmp_path / "run")
+    assert run.read("prompts").height == 463 and run.read("rankings").height == 466
+    assert run.read("pairs").height == 7230
+    export_run(tmp_path / "run", tmp_path / "back.json", "imagereward")
+    back = json.loads((tmp_path / "back.json").read_text())
+    assert back == orig and [list(e) for e in back] == [list(e) for e in orig]
+
+
 def test_imagereward_with_images_root_and_ties(tmp_path):
     entries = [{"prompt": "two dogs", "generations": ["a/1.png", "a/2.png", "a/3.png"], "ranking": [1, 1, 2],
                 "source": "x"}]

@@ -9,8 +9,8 @@ Conventions (also in the README):
   ``-rank`` (higher is better), which makes the export exact.
 * Each source row's own fields are kept in its prompt's ``meta`` under
   ``sets`` (one entry per image set, since one prompt text may carry several:
-  row number, ``id``, the listed image paths, any other fields, the key
-  order), so ``export --format imagereward`` of an imported run writes the
+  row number (numbered on after earlier imports), ``id``, the listed image
+  paths, any other fields, the key order), so ``export --format imagereward`` of an imported run writes the
   same rows in the same order with the same ids — the file it came from.
 * ``--images-root DIR`` reads the listed image files (relative to DIR) and
   copies them in. Without it, rankings are imported *without images*: the
@@ -108,6 +108,7 @@ def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward"
         rankings.append({"prompt_id": pid, "aspect": schema.OVERALL, "annotator": schema.HUMAN,
                          "image_ids": image_ids, "scores": scores, "confidence": 1.0})
         pairs += ranking_pairs(pid, image_ids, scores, schema.OVERALL, schema.HUMAN)
+    _keep_earlier(run, prompts)
     for p in prompts.values():
         p["meta"] = json.dumps(p["meta"])
     return _save(run, f"import {fmt}", list(prompts.values()), images, rankings, pairs,
@@ -115,6 +116,33 @@ def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward"
 
 
 _RANKING_FIELDS = ("prompt", "generations", "image_path", "ranking", "rank")
+
+
+def _keep_earlier(run: Run, prompts: dict[str, dict]) -> None:
+    """A prompt the run already has keeps what it had: its source, its other meta fields and the image sets
+    earlier imports brought (the table holds one row per prompt, so the new row must carry them all).
+    This import's rows are numbered after every earlier one, so an export lists the files in import order;
+    a set imported again (same prompt, same images) replaces its earlier entry, as its ranking does."""
+    if not run.has("prompts"):
+        return
+    earlier = _source_sets(run)
+    offset = 1 + max((st.get("row", -1) for st in earlier.values()), default=-1)
+    for p in prompts.values():
+        for st in p["meta"]["sets"]:
+            st["row"] += offset
+    old = run.read("prompts").filter(pl.col("prompt_id").is_in(list(prompts)))
+    for pid, source, meta in old.select("prompt_id", "source", "meta").iter_rows():
+        try:
+            before = json.loads(meta) if meta else {}
+        except json.JSONDecodeError:
+            before = {"text": meta}  # meta is JSON text by contract; a hand-made plain string is kept as is
+        before = before if isinstance(before, dict) else {"value": before}
+        new = prompts[pid]
+        mine = {tuple(st["image_ids"]) for st in new["meta"]["sets"]}
+        sets = [st for st in before.get("sets") or [] if isinstance(st, dict)
+                and tuple(st.get("image_ids") or ()) not in mine]
+        new["meta"] = {**new["meta"], **before, "sets": sets + new["meta"]["sets"]}
+        new["source"] = source or new["source"]
 
 
 def _source_sets(run: Run) -> dict[tuple[str, tuple[str, ...]], dict]:
