@@ -295,3 +295,32 @@ def test_reasks_paid_by_a_dead_process_count_against_the_first_batch(judge, synt
     paid = sum(done.values()) + sum(r["cost_usd"] for r in dead if r["request_id"] not in done)
     assert res.stopped_for_budget and 0 < len(done) < len(reqs)
     assert paid <= cap
+
+
+def test_the_wait_for_answers_left_in_flight_shows_in_progress(judge, synth_run):
+    """A request the last process sent a moment ago may still be running: the resume waits for its stored
+    answer (up to timeout_s) rather than pay again, and the progress line says so while it waits (it used
+    to stand still with no word)."""
+    import asyncio
+    import time
+
+    from vprefer.annotate.online import OnlineRunner
+    from vprefer.annotate.records import ledger_for
+    from vprefer.annotate.requests import image_uris
+    from vprefer.annotate.runner import progress_note
+    from vprefer.llm import Report
+
+    p = local_preset(judge, store_completions=True, timeout_s=2.5, permutations=1)
+    rubric, run = Rubric.load(p.rubric), Run(synth_run)
+    reqs = plan(run, p, rubric, limit=1)
+    path = synth_run / "journal" / f"annotate-{p.slug}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"event": "sent", "request_id": reqs[0].request_id, "attempt": 1,
+                                "at": time.time()}) + "\n")
+    ledger, report, notes = ledger_for(run, p.slug, p.annotator_id), Report(), []
+    runner = OnlineRunner(run, p, rubric, ledger, image_uris(run), run_id="t", report=report,
+                          on_update=lambda s: notes.append(progress_note(s, p)))
+    with ledger:
+        asyncio.run(runner.run_all(reqs))
+    assert any(n.startswith("waiting for 1 answer in flight") for n in notes), notes
+    assert notes[-1] == "" and report.recovering == 0 and report.ok == 1

@@ -50,8 +50,17 @@ def _progress(enabled: bool) -> Progress:
         TextColumn("ok {task.fields[ok]} · failed {task.fields[failed]} · in flight {task.fields[inflight]}"),
         TextColumn("{task.fields[rate]:.1f} req/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         TextColumn("{task.fields[tokens]:,} tok · ${task.fields[cost]:.4f}"), TextColumn("{task.fields[servers]}"),
+        TextColumn("{task.fields[note]}"),
         disable=not enabled, transient=False,
     )
+
+
+def progress_note(report: Report, preset: AnnotatorPreset) -> str:
+    """Why the line may stand still after a crash: the resume waits for answers the dead process left running
+    (sending them again would pay twice)."""
+    n = report.recovering
+    return (f"waiting for {n} answer{'s' if n != 1 else ''} in flight when the last process died "
+            f"(up to {preset.timeout_s:.0f} s after sent)" if n else "")
 
 
 def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = False, max_cost: float | None = None,
@@ -82,7 +91,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     recipe = {"annotator": preset.resolved(), "rubric": rubric.hash, "max_cost": max_cost, "limit": limit}
     with run.command("annotate", recipe) as entry, ledger, _progress(progress) as bar:
         task = bar.add_task(f"annotate {preset.name}", total=len(todo), ok=0, failed=0, inflight=0, rate=0.0,
-                            tokens=0, cost=0.0, servers="")
+                            tokens=0, cost=0.0, servers="", note="")
         try:
             if preset.mode == "online":
                 t0 = time.monotonic()
@@ -91,7 +100,8 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                     el = max(1e-9, time.monotonic() - t0)
                     bar.update(task, completed=s.done, ok=s.ok, failed=s.invalid + s.error, inflight=s.in_flight,
                                rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd,
-                               servers=s.servers_line())  # a pool: per-server ok/failed
+                               servers=s.servers_line(),  # a pool: per-server ok/failed
+                               note=progress_note(s, preset))
 
                 runner = OnlineRunner(run, preset, rubric, ledger, image_uris(run), run_id=run_id, report=res,
                                       budget_usd=max_cost, on_update=update, estimator=est)

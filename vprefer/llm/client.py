@@ -159,6 +159,15 @@ class Client:
         lookup is repeated (backing off to 2 s) until it is found or ``sent_at + timeout_s`` has passed —
         after that the server has given up on it too. A resume long after the crash does not wait."""
         deadline = (sent_at or 0.0) + self.settings.timeout_s
+        if self.report is not None:
+            self.report.recovering += 1  # shown in the progress line: the wait can last up to timeout_s
+        try:
+            return await self._recover(rid, deadline)
+        finally:
+            if self.report is not None:
+                self.report.recovering -= 1
+
+    async def _recover(self, rid: str, deadline: float) -> ChatCompletion | None:
         pause = 0.1
         while True:
             for server in self.pool.servers:

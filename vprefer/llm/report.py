@@ -39,6 +39,7 @@ class Report:
     in_flight: int = 0
     retries: int = 0
     recovered: int = 0
+    recovering: int = 0  # now waiting for the stored answer of a request the last process left in flight
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0

@@ -50,6 +50,12 @@ async def send_all(items: Iterable[T], ask: Callable[[T], Awaitable[Outcome]], *
             sem.release()
             on_update(report)
 
+    async def tick() -> None:  # a progress line that moves while nothing lands (e.g. waiting on a recovery)
+        while True:
+            await asyncio.sleep(1.0)
+            on_update(report)
+
+    ticker = asyncio.create_task(tick())
     try:
         for item in items:
             await sem.acquire()
@@ -69,6 +75,7 @@ async def send_all(items: Iterable[T], ask: Callable[[T], Awaitable[Outcome]], *
         if tasks:
             await asyncio.gather(*tasks)
     finally:
+        ticker.cancel()
         for t in tasks:
             t.cancel()
     if fatal:
