@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from vprefer.annotate import annotate, build_pairs
+from vprefer.annotate.records import ledger_for
 from vprefer.annotate.requests import plan
 from vprefer.annotate.rubric import Rubric
 from vprefer.llm import FatalAPIError
@@ -96,6 +97,10 @@ def test_retries_exhausted_leave_requests_pending_not_zero(judge, synth_run):
     res = annotate(synth_run, local_preset(judge, max_retries=1))
     assert res.ok == 0
     assert not Run(synth_run).has("annotations")  # nothing recorded as a fake score
+    # the server refused every attempt (500): nothing of them runs there, so the rerun does not wait up to
+    # timeout_s for their stored answers (it did, 30 s here, as if they were in flight at a crash)
+    p = local_preset(judge)
+    assert ledger_for(Run(synth_run), p.slug, p.annotator_id).in_flight() == set()
     judge.state.faults.rate_500 = 0.0
     assert annotate(synth_run, local_preset(judge)).ok == 12
 

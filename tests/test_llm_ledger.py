@@ -18,13 +18,16 @@ def test_answers_from_one_read_first_done_wins_torn_line_ignored(tmp_path):
     run = Run(tmp_path / "run", create=True)
     _journal(run, [{"event": "sent", "request_id": "a"}, {"event": "done", "request_id": "a", "cost_usd": 1.0},
                    {"event": "sent", "request_id": "b"},  # in flight when the process died
-                   {"event": "sent", "request_id": "c"}, {"event": "transient", "request_id": "c"},
+                   {"event": "sent", "request_id": "c"}, {"event": "transient", "request_id": "c"},  # timed out?
+                   {"event": "sent", "request_id": "f"}, {"event": "transient", "request_id": "f", "in_flight": False},
+                   {"event": "sent", "request_id": "g"}, {"event": "error", "request_id": "g", "in_flight": False},
+                   {"event": "sent", "request_id": "g"},  # asked again after the refusal, then the process died
                    {"event": "done", "request_id": "a", "cost_usd": 5.0},  # collected twice: not paid twice
                    {"event": "done", "request_id": "d", "cost_usd": 0.5}],
              torn=b'{"event": "done", "request_id": "e", "co')
     led = Ledger(run, "judge", recorded={"d", "z"}, recorded_usd=2.5)  # d and z are in the table already
     assert led.done == {"a", "d", "z"}
-    assert led.in_flight() == {"b", "c"}
+    assert led.in_flight() == {"b", "c", "g"}  # f was refused by the server: nothing runs there
     assert led.spent_usd == pytest.approx(2.5 + 1.0)
     assert [r["request_id"] for r in led.unrecorded()] == ["a"]
     led.mark_recorded(led.unrecorded())  # folded into the table: the total does not move
@@ -38,11 +41,15 @@ def test_writes_are_durable_and_counted_without_rereading(tmp_path):
     with led:
         led.write({"event": "sent", "request_id": "x", "attempt": 1})
         assert led.in_flight() == {"x"}
+        led.write({"event": "transient", "request_id": "x", "in_flight": False})
+        assert led.in_flight() == set()
+        led.write({"event": "sent", "request_id": "x", "attempt": 2})
+        assert led.in_flight() == {"x"}
         led.write({"event": "done", "request_id": "x", "cost_usd": 0.25, "note": "key sk-abcdef0123456789abcd"})
     assert led.done == {"x"} and led.in_flight() == set() and led.spent_usd == pytest.approx(0.25)
     again = Ledger(run, "judge")  # a new process sees the same
     assert again.done == led.done and again.spent_usd == led.spent_usd
-    assert [r["event"] for r in read_journal(led.path)] == ["sent", "done"]
+    assert [r["event"] for r in read_journal(led.path)] == ["sent", "transient", "sent", "done"]
     assert b"sk-abcdef" not in led.path.read_bytes()  # the journal's redaction holds through the ledger
 
 

@@ -63,7 +63,9 @@ class OnlineRunner:
             status, error = "error", str(e)
         except (openai.APIError, openai.APIConnectionError) as e:
             # retries exhausted on a transient fault: not journalled as done, so a rerun asks again
-            await self.ledger.awrite({"event": "transient", "request_id": req.request_id, "error": short_error(e)})
+            # a refusal (429/5xx) leaves nothing running on the server; a timeout or dropped connection may
+            await self.ledger.awrite({"event": "transient", "request_id": req.request_id, "error": short_error(e),
+                                      "in_flight": isinstance(e, openai.APIConnectionError)})
             return Outcome("error")
         c = cost(self.preset, tin, tout, batch=False)
         await self.ledger.awrite(done_record(

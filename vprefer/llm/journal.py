@@ -12,6 +12,11 @@ Lines the client layer relies on (jobs add their own fields and events):
   request leaves; with stored completions, a request sent but never answered (in
   flight at a crash) is looked up on the server instead of being paid again, for
   up to the client's timeout after ``at`` (it may still be running there).
+* ``{"event": "transient" | "error", "request_id": ..., "in_flight": false}`` —
+  the attempt ended and the server refused it (429, 5xx, a 4xx): nothing runs
+  or is stored there, so the request is not in flight and a rerun need not
+  look for its answer. Without ``in_flight: false`` (a timeout or a dropped
+  connection, where the server may have gone on) it still counts as in flight.
 * ``{"event": "done", "request_id": ..., "status": ..., "cost_usd": ...}`` —
   the first ``done`` for a request is the one that was paid for.
 
@@ -104,11 +109,12 @@ def chunks(path, size: int) -> Iterator[bytes]:
 CHUNK_BYTES = 128 << 20  # of journal text read at a time: memory is bounded by this, not the journal
 
 
-_INDEX = {"event": pl.String, "request_id": pl.String, "at": pl.Float64, "cost_usd": pl.Float64}
+_INDEX = {"event": pl.String, "request_id": pl.String, "at": pl.Float64, "cost_usd": pl.Float64,
+          "in_flight": pl.Boolean}
 
 
 def index(path: Path) -> pl.DataFrame:
-    """``event, request_id, at, cost_usd`` of every line, in order: what a ledger needs, read by polars' JSON
+    """``event, request_id, at, cost_usd, in_flight`` of every line, in order: what a ledger needs, read by polars' JSON
     reader a chunk at a time (1M answers in seconds, never holding the records or the file). A torn or
     garbled line is skipped, as :func:`read` skips it."""
     if not path.exists() or path.stat().st_size == 0:

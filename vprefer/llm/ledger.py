@@ -24,6 +24,9 @@ from vprefer.llm.journal import Journal, index, read
 from vprefer.store import Run
 
 
+_ENDS = ("transient", "error")  # with ``in_flight: false``, an attempt the server refused (see the journal)
+
+
 class Ledger:
     def __init__(self, run: Run, name: str, *, kind: str = "annotate", recorded: Iterable[str] = (),
                  recorded_usd: float = 0.0):
@@ -48,7 +51,9 @@ class Ledger:
         if ix.is_empty():
             return
         sent = ix.filter(pl.col("event") == "sent").unique("request_id", keep="last")
-        self._sent = set(sent["request_id"].to_list())
+        last = ix.filter(pl.col("event").is_in(["sent", *_ENDS])).unique("request_id", keep="last")
+        ended = last.filter((pl.col("event") != "sent") & (pl.col("in_flight") == False))  # noqa: E712
+        self._sent = set(sent["request_id"].to_list()) - set(ended["request_id"].to_list())
         self._sent_at = dict(zip(sent["request_id"].to_list(), sent["at"].fill_null(0.0).to_list()))
         done = ix.filter(pl.col("event") == "done").unique("request_id", keep="first", maintain_order=True)
         self._answers = dict(zip(done["request_id"].to_list(), done["cost_usd"].fill_null(0.0).to_list()))
@@ -61,6 +66,8 @@ class Ledger:
         if ev == "sent":
             self._sent.add(rec["request_id"])
             self._sent_at[rec["request_id"]] = float(rec.get("at") or 0.0)
+        elif ev in _ENDS and rec.get("in_flight") is False:  # refused by the server: nothing runs there
+            self._sent.discard(rec["request_id"])
         elif ev == "done" and rec["request_id"] not in self._answers:
             self._answers[rec["request_id"]] = rec.get("cost_usd") or 0.0
             if rec["request_id"] not in self._recorded:
