@@ -90,6 +90,20 @@ def test_crash_between_temp_write_and_rename_keeps_previous_table(tmp_path, monk
     assert Run(tmp_path).read("prompts").equals(old)
 
 
+def test_streamed_compaction_keeps_every_row_in_order(tmp_path):
+    """``dedupe=False`` (the fold's compaction) streams parts into the base: same rows, same order, duplicates
+    kept, and the base then takes further parts."""
+    run = Run(tmp_path, create=True)
+    for k in range(4):
+        run.append("prompts", schema.frame("prompts", [{"prompt_id": f"p{k % 3}", "prompt": str(k), "source": "s"}]))
+    before = run.read("prompts")
+    run.compact("prompts", dedupe=False)
+    assert sorted(p.name for p in run.table_dir("prompts").iterdir()) == ["base-0000000003.parquet"]
+    assert run.read("prompts").equals(before) and before.height == 4
+    run.append("prompts", schema.frame("prompts", [{"prompt_id": "p9", "prompt": "9", "source": "s"}]))
+    assert run.read("prompts")["prompt"].to_list() == ["0", "1", "2", "3", "9"]
+
+
 def test_crash_mid_compaction_never_duplicates(tmp_path, monkeypatch):
     run = Run(tmp_path, create=True)
     for k in range(3):

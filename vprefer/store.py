@@ -78,11 +78,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(redact(obj), indent=2, sort_keys=True, default=str).encode())
 
 
-def _write_parquet_tmp(df: pl.DataFrame, folder: Path) -> str:
+def _write_parquet_tmp(df: pl.DataFrame | pl.LazyFrame, folder: Path) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".write.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        df.write_parquet(tmp)
+        if isinstance(df, pl.LazyFrame):
+            df.sink_parquet(tmp)
+        else:
+            df.write_parquet(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     except BaseException:
@@ -266,11 +269,12 @@ class Run:
         base, _, parts = self._files(name)
         if not parts:
             return
-        df = self.read(name)
-        if dedupe:
-            df = df.unique(subset=list(schema.KEYS[name]), keep="last", maintain_order=True)
         d = self.table_dir(name)
-        tmp = _write_parquet_tmp(df, d)
+        if dedupe:
+            df = self.read(name).unique(subset=list(schema.KEYS[name]), keep="last", maintain_order=True)
+            tmp = _write_parquet_tmp(df, d)
+        else:  # streamed file to file: a 16M-row annotations table never sits in memory whole
+            tmp = _write_parquet_tmp(self.scan(name), d)
         os.replace(tmp, d / f"base-{parts[-1][0]:010d}.parquet")
         fsync_dir(d)
         self._cleanup(name)
