@@ -92,6 +92,19 @@ def test_transient_errors_are_retried_and_never_paid_twice(judge, colour_run):
     assert sorted(answered.values()) == [1] * 6, (answered, r)
 
 
+def test_refused_requests_are_not_waited_for_on_the_rerun(judge, colour_run):
+    """Retries that all end in 500s leave nothing running on the server: the journal says so, so the rerun
+    sends at once instead of waiting up to timeout_s for stored answers that cannot exist."""
+    from vprefer.llm import Ledger
+
+    judge.state.faults.rate_500 = 1.0
+    p = local_preset(judge, max_retries=1)
+    assert caption(colour_run, p, style="short").ok == 0
+    assert Ledger(Run(colour_run), f"{p.slug}-short", kind="caption").in_flight() == set()
+    judge.state.faults.rate_500 = 0.0
+    assert caption(colour_run, p, style="short").ok == 6
+
+
 def test_max_cost_stops_before_passing_it_and_a_rerun_continues(judge, colour_run):
     p = local_preset(judge, concurrency=1)
     one = caption(colour_run, p, style="short", limit=1).cost_usd
