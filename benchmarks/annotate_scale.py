@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import polars as pl
+
 
 def build(run_dir: Path, sets: int) -> None:
     import polars as pl
@@ -101,7 +103,7 @@ def phase_fold(run_dir: Path) -> dict:
     t0 = time.perf_counter()
     ledger = ledger_for(run, preset.slug, preset.annotator_id)
     added = fold(run, ledger, aspects)
-    return {"seconds": time.perf_counter() - t0, "folded": added, "rows": run.read("annotations").height}
+    return {"seconds": time.perf_counter() - t0, "folded": added, "rows": run.scan("annotations").select(pl.len()).collect().item()}
 
 
 def child(kind: str, run_dir: str, n: int) -> None:
