@@ -3,6 +3,7 @@
     python benchmarks/rehearse.py build --cache .cache/rehearsal            # random weights, hub cache layout
     python benchmarks/rehearse.py run --cache .cache/rehearsal reward/vp-score-clip-lora.yaml --steps 2
     python benchmarks/rehearse.py run --cache .cache/rehearsal all --steps 1 --cpu-batch
+    python benchmarks/rehearse.py run rl/refl-sdxl.yaml --steps 1 --cpu-batch --resolution 512 --rollout 8
 
 ``build`` writes each architecture of ``benchmarks/hub_configs.yaml`` with random weights into
 ``CACHE/hub/models--ORG--NAME/snapshots/SHA`` (plus ``refs/main``), the layout ``huggingface_hub``
@@ -147,8 +148,10 @@ def build(cache: Path, only: list[str] | None) -> None:
 
 
 # ------------------------------------------------------------------ run
-def override(recipe: dict, kind: str, steps: int, cpu_batch: bool) -> tuple[dict, list[str]]:
-    """The recipe with only its step counts changed (and, with --cpu-batch, batch and accumulation)."""
+def override(recipe: dict, kind: str, steps: int, cpu_batch: bool, resolution: int | None = None,
+             rollout: int | None = None) -> tuple[dict, list[str]]:
+    """The recipe with only its step counts changed (and, with --cpu-batch, batch and accumulation; with
+    --resolution the image size, with --rollout the ReFL rollout length: each printed with the result)."""
     r, changed = json.loads(json.dumps(recipe)), []
 
     def put(d: dict, k: str, v) -> None:
@@ -168,6 +171,8 @@ def override(recipe: dict, kind: str, steps: int, cpu_batch: bool) -> tuple[dict
     elif kind == "generate":
         for g in r["generators"]:
             put(g, "steps", steps)
+            if resolution:
+                put(g, "resolution", min(resolution, g["resolution"]))
         if cpu_batch:
             put(r, "batch_size", 1)
     else:
@@ -179,6 +184,13 @@ def override(recipe: dict, kind: str, steps: int, cpu_batch: bool) -> tuple[dict
         if cpu_batch:
             put(r, "per_device_train_batch_size", 1)
             put(r, "gradient_accumulation_steps", 1)
+        if resolution:
+            put(r, "resolution", resolution)
+        if rollout and kind == "refl":  # the gradient window keeps its share of the rollout, at the same end
+            n = r["num_steps"]
+            put(r, "num_steps", rollout)
+            put(r, "t_lo", round(r["t_lo"] * rollout / n))
+            put(r, "t_hi", rollout - (n - r["t_hi"]))
     return r, changed
 
 
@@ -212,12 +224,13 @@ def command(recipe_path: Path, kind: str, recipe: dict, work: Path, out: Path) -
     return vp + ["rl", "dpo", "--recipe", str(recipe_path), "--data", str(data), "--out", str(out)]
 
 
-def run_one(cache: Path, recipe_file: str, steps: int, cpu_batch: bool, work: Path) -> dict:
+def run_one(cache: Path, recipe_file: str, steps: int, cpu_batch: bool, work: Path,
+            resolution: int | None = None, rollout: int | None = None) -> dict:
     path = (REPO / recipe_file) if not Path(recipe_file).exists() else Path(recipe_file)
     recipe = yaml.safe_load(path.read_text())
     kind = ("reward" if path.parent.name == "reward" else "generate" if "generators" in recipe
             else "refl" if "t_lo" in recipe else "dpo")
-    r, changed = override(recipe, kind, steps, cpu_batch)
+    r, changed = override(recipe, kind, steps, cpu_batch, resolution, rollout)
     tmp = work / "recipes" / path.name
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(yaml.safe_dump(r, sort_keys=False))
@@ -268,6 +281,9 @@ def main() -> None:
     r.add_argument("--work", type=Path, default=None, help="outputs (default: a temporary folder)")
     r.add_argument("--steps", type=int, default=2)
     r.add_argument("--cpu-batch", action="store_true", help="reward: batch 2, RL: batch 1; no accumulation (CPU)")
+    r.add_argument("--resolution", type=int, help="RL: train at this size; generate: at most this size (CPU)")
+    r.add_argument("--rollout", type=int, help="ReFL: scheduler steps of the rollout (the gradient window "
+                                              "keeps its share, at the end)")
     a = ap.parse_args()
     if a.cmd == "build":
         build(a.cache.resolve(), a.only)
@@ -276,7 +292,7 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="rehearse-"))
     work.mkdir(parents=True, exist_ok=True)
     for rf in recipes:
-        res = run_one(a.cache.resolve(), rf, a.steps, a.cpu_batch, work.resolve())
+        res = run_one(a.cache.resolve(), rf, a.steps, a.cpu_batch, work.resolve(), a.resolution, a.rollout)
         print(json.dumps(res), flush=True)
     print(f"peak RSS: max resident set of the command's process; machine: {os.cpu_count()} CPUs, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
