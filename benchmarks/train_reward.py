@@ -2,7 +2,8 @@
 
 Each variant runs in its own process (so peak memory is its own) on a mid-size
 random CLIP (6 layers, 384 wide, 224 px) and the synthetic world. Peak memory
-is the process's max RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+is the process's max RSS on CPU (and, separately, the peak while training alone: loading a checkpoint
+briefly holds its weights twice whatever the variant), ``torch.cuda.max_memory_allocated`` on GPU.
 Also runs the learning check at a larger size when ``--learning`` is given.
 
     python benchmarks/train_reward.py [--steps 12] [--batch 8] [--learning]
@@ -27,6 +28,47 @@ VARIANTS = {"full": dict(lora=False, quant="none"), "lora": dict(lora=True, quan
             "qlora-4bit": dict(lora=True, quant="4bit")}
 
 
+def _vm_hwm_mib() -> float | None:
+    """The process's peak resident memory since the last reset (Linux ``VmHWM``)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024
+
+
+def _vm_rss_mib() -> float | None:
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024
+
+
+def _train_phase_peak() -> dict:
+    """Patch the trainer so the peak is also read for training alone: on CPU the process peak includes
+    loading the checkpoint (a model's weights twice, briefly), which no variant changes. Linux resets
+    ``VmHWM`` when ``5`` is written to ``/proc/self/clear_refs``; the training peak still holds the weights."""
+    from vprefer.reward.trainer import VPScoreTrainer
+
+    out, train = {}, VPScoreTrainer.train
+
+    def wrapped(self, *a, **k):
+        import gc
+
+        gc.collect()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return train(self, *a, **k)
+        r = train(self, *a, **k)
+        out["train_peak_mib"] = _vm_hwm_mib()
+        return r
+
+    VPScoreTrainer.train = wrapped
+    return out
+
+
 def one(variant: str, steps: int, batch: int, tmp: Path, backbone: str | None = None) -> dict:
     import torch
 
@@ -47,13 +89,20 @@ def one(variant: str, steps: int, batch: int, tmp: Path, backbone: str | None = 
     r.lora.enabled, r.quantization = v["lora"], v["quant"]
     r.training.max_steps, r.training.batch_size, r.training.val_fraction = steps, batch, 0.0
     r.training.logging_steps, r.training.save_steps = 10_000, 10_000
+    phase = _train_phase_peak()
+    import gc
+
+    gc.collect()
+    libs = _vm_rss_mib()  # libraries and data, before any model exists
     t0 = time.perf_counter()
     s = train_reward(r, [tmp / "run"], tmp / "out")
     el = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"variant": variant, "pairs_per_s": s["train_pairs_per_s"], "peak_mib": round(peak),
-            "wall_s": round(el, 1), "trainable": s["trainable_params"], "state_mib": s["train_state_mib"]}
+            "wall_s": round(el, 1), "trainable": s["trainable_params"], "state_mib": s["train_state_mib"],
+            "train_peak_mib": None if torch.cuda.is_available() else phase.get("train_peak_mib"),
+            "libs_mib": libs}
 
 
 def main() -> None:
@@ -76,7 +125,12 @@ def main() -> None:
                f"{r['state_mib'] / base['state_mib']:.2f}x training state") if base else ""
         if base:
             rel += f", {r['peak_mib'] / base['peak_mib']:.2f}x peak memory"
-        print(f"{r['variant']:>11}: {r['pairs_per_s']:.1f} pairs/s, peak RSS {r['peak_mib']} MiB, "
+            if r.get("train_peak_mib") and base.get("train_peak_mib"):
+                rel += (f", {(r['train_peak_mib'] - r['libs_mib']) / (base['train_peak_mib'] - base['libs_mib']):.2f}x "
+                        "peak while training, libraries left out")
+        tp = (f" (training alone {r['train_peak_mib']:.0f} MiB, of which libraries {r['libs_mib']:.0f})"
+              if r.get("train_peak_mib") else "")
+        print(f"{r['variant']:>11}: {r['pairs_per_s']:.2f} pairs/s, peak RSS {r['peak_mib']} MiB{tp}, "
               f"trainable {r['trainable']:,} params, weights+grads+Adam {r['state_mib']} MiB{rel}")
     if a.learning:
         learning()
