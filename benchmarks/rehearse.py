@@ -249,6 +249,8 @@ def run_one(cache: Path, recipe_file: str, steps: int, cpu_batch: bool, work: Pa
     log = out / "metrics.jsonl"
     if kind in ("refl", "dpo") and log.exists():
         rows = [json.loads(x) for x in log.read_text().splitlines()]
+        starts = [i for i, x in enumerate(rows) if x.get("phase") == "before"]
+        rows = rows[starts[-1]:] if starts else rows  # this run's rows (an earlier, stopped one may precede)
         times = [x["time"] for x in rows if "phase" not in x or x.get("phase") == "before"]
         if len(times) >= 2:
             res["s_per_update"] = round((times[-1] - times[0]) / (len(times) - 1), 1)
