@@ -260,3 +260,29 @@ def test_steps_run_with_a_half_precision_vae(tiny_sd, tmp_path):
     pipe.vae.to(torch.bfloat16)
     tr = DiffusionDPOTrainer(dpo_cfg(tmp_path, tiny_sd), pipe=pipe, pairs=colour_pairs(tmp_path / "i", 2, 0))
     assert math.isfinite(tr.compute_loss()[0].item())
+
+
+@pytest.mark.parametrize("kind", ["refl", "dpo"])
+def test_a_pipeline_loaded_in_bf16_trains_its_fp32_adapters(tiny_sd, tmp_path, kind):
+    """On a GPU a bf16 recipe loads the pipeline in bf16 (frozen VAE, text encoder and base UNet: SDXL's frozen
+    fp32 weights alone were ~13 GB) and keeps the trainable adapters in fp32. Imitated on CPU under autocast,
+    as accelerate runs the prepared UNet's forward there."""
+    from vprefer.rl.common import frozen_dtype
+
+    cfg = (refl_cfg if kind == "refl" else dpo_cfg)(tmp_path, tiny_sd, bf16=True, use_lora=True)
+    assert frozen_dtype(cfg, cuda=True) is torch.bfloat16 and frozen_dtype(cfg, cuda=False) is None
+    assert frozen_dtype(dpo_cfg(tmp_path, tiny_sd, fp16=True), cuda=True) is torch.float16
+    pipe = load_pipeline(str(tiny_sd), frozen_dtype(cfg, cuda=True))
+    if kind == "refl":
+        tr = ReFLTrainer(cfg, pipe=pipe, prompts=["a red car"], reward=RednessReward(),
+                         pretrain_data=[("a square", p["win"]) for p in colour_pairs(tmp_path / "i", 2, 0)])
+    else:
+        tr = DiffusionDPOTrainer(cfg, pipe=pipe, pairs=colour_pairs(tmp_path / "i", 2, 0))
+    assert tr.params and all(p.dtype == torch.float32 for p in tr.params)
+    frozen = [p for p in pipe.unet.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = tr.compute_loss()
+    loss.backward()
+    assert math.isfinite(loss.item()) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.params)

@@ -26,6 +26,15 @@ from vprefer.diffusion import add_lora, grid, load_pipeline, save_lora, stand_in
 from vprefer.dist import params_in_sync
 
 
+def frozen_dtype(config, cuda: bool) -> torch.dtype | None:
+    """The dtype to load the pipeline in: on a GPU under bf16/fp16 the frozen parts (VAE, text encoders, a
+    LoRA's base UNet) are held in it, as the reference trainers do (SDXL's frozen fp32 weights alone are
+    ~13 GB); trainable weights are made fp32 after loading. On a CPU there is no mixed precision: fp32."""
+    if not cuda:
+        return None
+    return torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+
+
 @dataclass
 class DiffusionTrainingConfig(TrainingArguments):
     pretrained: str = field(default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata={"help": "diffusers pipeline"})
@@ -103,7 +112,8 @@ class DiffusionTrainerBase:
         torch.manual_seed(config.seed)
         if pipe is None:
             stand_in_must_exist(config.pretrained, config.create_tiny_if_missing)
-        self.pipe = pipe if pipe is not None else load_pipeline(config.pretrained)
+        self.pipe = pipe if pipe is not None else load_pipeline(config.pretrained,
+                                                                frozen_dtype(config, torch.cuda.is_available()))
         self.pipe.to(self.acc.device)
         for m in ("vae", "text_encoder", "text_encoder_2"):
             if getattr(self.pipe, m, None) is not None:
