@@ -28,18 +28,10 @@ VARIANTS = {"full": dict(lora=False, quant="none"), "lora": dict(lora=True, quan
             "qlora-4bit": dict(lora=True, quant="4bit")}
 
 
-def _vm_hwm_mib() -> float | None:
-    """The process's peak resident memory since the last reset (Linux ``VmHWM``)."""
+def _status_mib(key: str) -> float | None:
+    """A memory line of ``/proc/self/status`` in MiB (``VmHWM``: peak resident since the last reset; ``VmRSS``)."""
     try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
-    return int(line.split()[1]) / 1024
-
-
-def _vm_rss_mib() -> float | None:
-    try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
     except (OSError, StopIteration):
         return None
     return int(line.split()[1]) / 1024
@@ -62,7 +54,7 @@ def _train_phase_peak() -> dict:
         except OSError:
             return train(self, *a, **k)
         r = train(self, *a, **k)
-        out["train_peak_mib"] = _vm_hwm_mib()
+        out["train_peak_mib"] = _status_mib("VmHWM")
         return r
 
     VPScoreTrainer.train = wrapped
@@ -93,7 +85,7 @@ def one(variant: str, steps: int, batch: int, tmp: Path, backbone: str | None = 
     import gc
 
     gc.collect()
-    libs = _vm_rss_mib()  # libraries and data, before any model exists
+    libs = _status_mib("VmRSS")  # libraries and data, before any model exists
     t0 = time.perf_counter()
     s = train_reward(r, [tmp / "run"], tmp / "out")
     el = time.perf_counter() - t0
