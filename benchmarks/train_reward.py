@@ -2,8 +2,8 @@
 
 Each variant runs in its own process (so peak memory is its own) on a mid-size
 random CLIP (6 layers, 384 wide, 224 px) and the synthetic world. Peak memory
-is the process's max RSS on CPU (and, separately, the peak while training alone: loading a checkpoint
-briefly holds its weights twice whatever the variant), ``torch.cuda.max_memory_allocated`` on GPU.
+is the process's max RSS on CPU (and, separately, the peak while training alone, less the libraries'
+resident memory: what the variant changes), ``torch.cuda.max_memory_allocated`` on GPU.
 Also runs the learning check at a larger size when ``--learning`` is given.
 
     python benchmarks/train_reward.py [--steps 12] [--batch 8] [--learning]
@@ -38,8 +38,8 @@ def _status_mib(key: str) -> float | None:
 
 
 def _train_phase_peak() -> dict:
-    """Patch the trainer so the peak is also read for training alone: on CPU the process peak includes
-    loading the checkpoint (a model's weights twice, briefly), which no variant changes. Linux resets
+    """Patch the trainer so the peak is also read for training alone: on CPU the process peak may come from
+    loading the checkpoint, which no variant changes. Linux resets
     ``VmHWM`` when ``5`` is written to ``/proc/self/clear_refs``; the training peak still holds the weights."""
     from vprefer.reward.trainer import VPScoreTrainer
 

@@ -125,12 +125,13 @@ def _keep_earlier(run: Run, prompts: dict[str, dict]) -> None:
     a set imported again (same prompt, same images) replaces its earlier entry, as its ranking does."""
     if not run.has("prompts"):
         return
-    earlier = _source_sets(run)
+    table = run.read("prompts")
+    earlier = _source_sets(table)
     offset = 1 + max((st.get("row", -1) for st in earlier.values()), default=-1)
     for p in prompts.values():
         for st in p["meta"]["sets"]:
             st["row"] += offset
-    old = run.read("prompts").filter(pl.col("prompt_id").is_in(list(prompts)))
+    old = table.filter(pl.col("prompt_id").is_in(list(prompts)))
     for pid, source, meta in old.select("prompt_id", "source", "meta").iter_rows():
         try:
             before = json.loads(meta) if meta else {}
@@ -145,10 +146,10 @@ def _keep_earlier(run: Run, prompts: dict[str, dict]) -> None:
         new["source"] = source or new["source"]
 
 
-def _source_sets(run: Run) -> dict[tuple[str, tuple[str, ...]], dict]:
+def _source_sets(prompts: pl.DataFrame) -> dict[tuple[str, tuple[str, ...]], dict]:
     """(prompt id, image ids) -> the imported source row of that image set (see the module docstring)."""
     out: dict[tuple[str, tuple[str, ...]], dict] = {}
-    for pid, meta in run.read("prompts").select("prompt_id", "meta").iter_rows():
+    for pid, meta in prompts.select("prompt_id", "meta").iter_rows():
         try:
             sets = json.loads(meta or "{}").get("sets") or []
         except (json.JSONDecodeError, AttributeError):
@@ -162,7 +163,7 @@ def _source_sets(run: Run) -> dict[tuple[str, tuple[str, ...]], dict]:
 def _imagereward_rows(run: Run, rk: pl.DataFrame, uris: dict[str, str]) -> list[dict]:
     """Imported sets come back as their source rows (same order, ids, paths, fields); others get
     the prompt id as ``id`` and their image uris, after them."""
-    src = _source_sets(run)
+    src = _source_sets(run.read("prompts"))
     known, other = [], []
     for r in rk.iter_rows(named=True):
         ranking = ranks_from_scores(r["scores"])

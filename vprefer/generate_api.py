@@ -45,7 +45,7 @@ from vprefer import ids, schema
 from vprefer.errors import MissingError
 from vprefer.images import BadImage, check_bytes
 from vprefer.ingest import store_image
-from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, send_all, short_error
+from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, ended, send_all
 from vprefer.llm.settings import env_or, key_from_env, slug
 from vprefer.store import Run
 
@@ -195,12 +195,8 @@ def generate_api(run: Run, ep: Endpoint, todo: list[tuple[str, str, int]], *, bu
                 raise ValueError("the server returned no base64 image (set response_format: b64_json)")
             chk = check_bytes(base64.b64decode(r.data[0].b64_json), f"{ep.name} seed {seed}")
             iid, uri = await asyncio.to_thread(store_image, run, chk)  # the file is durable before the record
-        except (PermanentError, ValueError, BadImage) as e:  # refused, or answered unusably: nothing runs there
-            await ledger.awrite({"event": "error", "request_id": rid, "error": str(e)[:300], "in_flight": False})
-            return Outcome("error")
-        except openai.APIError as e:  # retries exhausted: stays pending for the next run
-            await ledger.awrite({"event": "transient", "request_id": rid, "error": short_error(e),
-                                 "in_flight": isinstance(e, openai.APIConnectionError)})
+        except (PermanentError, ValueError, BadImage, openai.APIError) as e:  # APIError: stays pending for a rerun
+            await ledger.awrite(ended(rid, e))
             return Outcome("error")
         u = r.usage
         tin, tout = (u.input_tokens or 0, u.output_tokens or 0) if u is not None else (0, 0)

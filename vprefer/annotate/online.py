@@ -22,7 +22,7 @@ from vprefer.annotate.estimate import Estimator
 from vprefer.annotate.requests import JudgeRequest, chat_body
 from vprefer.annotate.rubric import InvalidAnswer, Rubric
 from vprefer.images import BadImage
-from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, cost, send_all, short_error, usage
+from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, cost, ended, send_all, usage
 from vprefer.store import Run
 
 
@@ -63,9 +63,7 @@ class OnlineRunner:
             status, error = "error", str(e)
         except (openai.APIError, openai.APIConnectionError) as e:
             # retries exhausted on a transient fault: not journalled as done, so a rerun asks again
-            # a refusal (429/5xx) leaves nothing running on the server; a timeout or dropped connection may
-            await self.ledger.awrite({"event": "transient", "request_id": req.request_id, "error": short_error(e),
-                                      "in_flight": isinstance(e, openai.APIConnectionError)})
+            await self.ledger.awrite(ended(req.request_id, e))
             return Outcome("error")
         c = cost(self.preset, tin, tout, batch=False)
         await self.ledger.awrite(done_record(

@@ -19,7 +19,7 @@ Aggregation rule (configurable, recorded in the manifest):
   per set, or orders that are not balanced.
 
 Everything is lazy polars over the ``annotations`` table, a range of prompts at a
-time so memory stays bounded: 10^7 rows in about half a minute on 2 cores
+time so memory stays bounded: 10^7 rows in under 20 s on 2 cores
 (benchmarks/pairs_scale.py).
 """
 
@@ -78,16 +78,17 @@ def judgements(run: Run, annotators: list[str] | None, overall: str) -> tuple[pl
     return pl.concat([j, ov]), "+".join(sorted(have))
 
 
-#: annotation rows per slice: the pair self-join of one slice is what is held in memory at once
+#: judgement rows (annotations and their overall rows) per slice: one slice's pair self-join is what is
+#: held in memory at once
 SLICE_ROWS = 1_000_000
 
 
-def _slices(ann: pl.LazyFrame, rows: int) -> list[tuple[str | None, str | None]]:
-    """Ranges of prompt ids holding ~``rows`` annotation rows each, in prompt order.
+def _slices(j: pl.LazyFrame, rows: int) -> list[tuple[str | None, str | None]]:
+    """Ranges of prompt ids holding ~``rows`` judgement rows each, in prompt order.
 
     Every statistic is per prompt, so slices are independent; being ranges (not hashes), their sorted
     outputs concatenate into a sorted whole without a final sort."""
-    counts = ann.group_by("prompt_id").len().sort("prompt_id").collect()
+    counts = j.group_by("prompt_id").len().sort("prompt_id").collect()
     if counts["len"].sum() <= rows:
         return [(None, None)]
     cut = counts.with_columns((pl.col("len").cum_sum() // rows).alias("k"))
@@ -151,18 +152,17 @@ def build_pairs(run: Run, *, overall: str = "mean", min_margin: float = 0.0,
                 slice_rows: int = SLICE_ROWS) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rankings and pairs from the ``ok`` annotations, without writing them (see :func:`make_pairs`).
 
-    Computed a slice of prompts at a time (``slice_rows`` annotation rows each), so memory is bounded by
+    Computed a slice of prompts at a time (``slice_rows`` judgement rows each), so memory is bounded by
     a slice plus the result, not by the table."""
     if debias is not None and debias not in DEBIAS:
         raise InputError(f"--debias must be one of {', '.join(DEBIAS)}, got {debias!r}")
     run = as_run(run)
     j, label = judgements(run, annotators, overall)
-    ann = run.scan("annotations").filter(pl.col("status") == "ok")
     if debias == "positions":
         # the position effects are estimated from all judgements at once, so this path holds them all
         j = position.debias(j.collect())[0].lazy()
     rankings, pairs = [], []
-    for lo, hi in _slices(ann, slice_rows):
+    for lo, hi in _slices(j, slice_rows):
         js = j.filter(_within(lo, hi))
         pairs.append(pair_stats(js, label, min_margin).collect())
         rankings.append(ranking_stats(js, pairs[-1], label).collect())

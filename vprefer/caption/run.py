@@ -25,7 +25,7 @@ from vprefer import ids, schema
 from vprefer.caption.style import CaptionStyle, chat_body, clean, estimate_cost, estimate_tokens
 from vprefer.errors import InputError, MissingError
 from vprefer.llm import (BatchRunner, Client, ClientSettings, Ledger, Outcome, PermanentError, Report, cost,
-                         send_all, short_error, usage)
+                         ended, send_all, usage)
 from vprefer.store import Run, as_run
 
 
@@ -129,13 +129,8 @@ async def _online(st: CaptionStyle, preset: ClientSettings, ledger: Ledger, res:
                 await ledger.awrite({"event": "sent", "request_id": it.request_id})
                 r = await client.chat(body, it.request_id)
             text = clean(r.choices[0].message.content if r.choices else None)
-        except (PermanentError, ValueError, OSError) as e:  # refused, or answered unusably: nothing runs there
-            await ledger.awrite({"event": "error", "request_id": it.request_id, "error": str(e)[:300],
-                                 "in_flight": False})
-            return Outcome("error")
-        except openai.APIError as e:  # retries exhausted: stays pending for the next run
-            await ledger.awrite({"event": "transient", "request_id": it.request_id, "error": short_error(e),
-                                 "in_flight": isinstance(e, openai.APIConnectionError)})
+        except (PermanentError, ValueError, OSError, openai.APIError) as e:  # APIError: stays pending for a rerun
+            await ledger.awrite(ended(it.request_id, e))
             return Outcome("error")
         tin, tout = usage(r)
         c = cost(preset, tin, tout, batch=False)

@@ -20,7 +20,7 @@ Only what is exported here is public; jobs never import the submodules.
 """
 
 from vprefer.llm.batch import BatchRunner
-from vprefer.llm.client import Client, FatalAPIError, PermanentError, short_error, usage
+from vprefer.llm.client import Client, FatalAPIError, PermanentError, ended, short_error, usage
 from vprefer.llm.journal import Journal, read as read_journal
 from vprefer.llm.ledger import Ledger
 from vprefer.llm.report import Outcome, Report
@@ -28,4 +28,4 @@ from vprefer.llm.send import send_all
 from vprefer.llm.settings import ClientSettings, cost
 
 __all__ = ["BatchRunner", "Client", "ClientSettings", "FatalAPIError", "Journal", "Ledger", "Outcome",
-           "PermanentError", "Report", "cost", "read_journal", "send_all", "short_error", "usage"]
+           "PermanentError", "Report", "cost", "ended", "read_journal", "send_all", "short_error", "usage"]

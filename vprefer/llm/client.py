@@ -55,6 +55,16 @@ def short_error(e: Exception) -> str:
     return msg[:300]
 
 
+def ended(rid: str, e: BaseException) -> dict:
+    """The journal line for an attempt that ended without an answer. ``in_flight`` says whether the server may
+    still be working on it: only after a timeout or a dropped connection; a refusal (429/5xx after every
+    retry, a 4xx) or an unusable answer leaves nothing running there (see :mod:`vprefer.llm.journal`)."""
+    if isinstance(e, openai.APIError):  # retries exhausted
+        return {"event": "transient", "request_id": rid, "error": short_error(e),
+                "in_flight": isinstance(e, openai.APIConnectionError)}
+    return {"event": "error", "request_id": rid, "error": str(e)[:300], "in_flight": False}
+
+
 class Client:
     """An async chat-completions client with the module's retry policy; retries are counted on ``report``.
 

@@ -52,7 +52,7 @@ class Ledger:
             return
         sent = ix.filter(pl.col("event") == "sent").unique("request_id", keep="last")
         last = ix.filter(pl.col("event").is_in(["sent", *_ENDS])).unique("request_id", keep="last")
-        ended = last.filter((pl.col("event") != "sent") & (pl.col("in_flight") == False))  # noqa: E712
+        ended = last.filter((pl.col("event") != "sent") & ~pl.col("in_flight"))  # null (no field): still in flight
         self._sent = set(sent["request_id"].to_list()) - set(ended["request_id"].to_list())
         self._sent_at = dict(zip(sent["request_id"].to_list(), sent["at"].fill_null(0.0).to_list()))
         done = ix.filter(pl.col("event") == "done").unique("request_id", keep="first", maintain_order=True)
