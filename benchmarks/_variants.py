@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 
-def run_variants(script: str, names, extra: list[str]) -> list[dict]:
-    rows = []
+def run_variants(script: str, names, extra: list[str], env: dict | None = None) -> list[dict]:
+    rows, env = [], {**os.environ, **(env or {})}
     for v in names:
-        p = subprocess.run([sys.executable, script, "--variant", v, *extra], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, script, "--variant", v, *extra], capture_output=True, text=True,
+                           env=env)
         line = [x for x in p.stdout.splitlines() if x.startswith("{")]
         if not line:
             print(f"{v}: failed\n{p.stderr[-1500:]}")

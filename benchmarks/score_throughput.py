@@ -3,6 +3,8 @@
 Ratio 1 = ``score`` images/s / bare backbone forward images/s (preprocessing of
 already-decoded images included in ours; target >= 0.9). Ratio 2 = ``score``
 vs calling it one image at a time — the ImageReward/HPSv2 inference pattern.
+Ratio 3 = preparing the pixels alone (``pixel_batches``) with one thread per
+core vs one thread: on a GPU, preparation is what bounds ``score``.
 
     python benchmarks/score_throughput.py [--arch clip-mid|clip-l|blip-l] [--n 256] [--batch 32]
 
@@ -13,6 +15,7 @@ On CPU the default is a mid-size random CLIP (random weights are fine for timing
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -80,10 +83,15 @@ def main() -> None:
         t_ours = timed(lambda: m.score(prompts, images, batch_size=a.batch))
         k = a.loop_sample
         t_loop = timed(lambda: [m.score(prompts[i:i + 1], images[i:i + 1]) for i in range(k)], reps=1) * a.n / k
+        # preparing the pixels alone: the default thread pool vs one thread (what bounds score() on a GPU)
+        t_prep1 = timed(lambda: list(m.pixel_batches(images, a.batch, workers=1)))
+        t_prepn = timed(lambda: list(m.pixel_batches(images, a.batch)))
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{a.arch} on {dev}, {a.n} images, batch {a.batch}")
     print(f"VPScore.score: {a.n / t_ours:.1f} img/s; bare backbone forward: {a.n / t_bare:.1f} img/s; "
           f"one-at-a-time loop: {a.n / t_loop:.1f} img/s")
+    print(f"preparing pixels: {a.n / t_prepn:.1f} img/s with {min(8, os.cpu_count() or 1)} threads, "
+          f"{a.n / t_prep1:.1f} img/s with one; ratio {t_prep1 / t_prepn:.2f}x")
     print(f"ratio score/bare = {t_bare / t_ours:.3f} (target >= 0.9); speed-up vs one-at-a-time = {t_loop / t_ours:.1f}x")
 
 

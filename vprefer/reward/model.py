@@ -18,11 +18,12 @@ head outputs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,31 @@ def load_backbone(kind: str, name_or_path: str, quantization: str = "none", dtyp
                                      if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
         kw["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
     model = _backbone_class(kind).from_pretrained(name_or_path, **kw)
+    if quantization != "none":
+        _own_cpu_weights(model)
     return model, AutoTokenizer.from_pretrained(name_or_path), AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def _own_cpu_weights(model) -> None:
+    """Copy the weights a quantized load left as views of the memory-mapped checkpoint (embeddings, norms).
+
+    Quantizing reads every page of the file, and one such view keeps the whole mapping, and so every page of
+    it, resident in this process: measured on CLIP-L 4-bit on CPU, 1.6 GB of RSS held by a 150 MB embedding.
+    """
+    for p in model.parameters():
+        if p.device.type == "cpu" and p.dtype.is_floating_point:
+            p.data = p.data.clone()
+    for b in model.buffers():
+        if b.device.type == "cpu" and b.dtype.is_floating_point:
+            b.data = b.data.clone()
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:  # glibc keeps the quantizer's freed fp32 temporaries (1.6 GB on CLIP-L) unless asked to give them back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _pooled(out) -> torch.Tensor:
@@ -133,8 +158,9 @@ class VPScore(nn.Module):
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
     def score(self, prompts: Sequence[str], images: Sequence[Image.Image | str | Path], aspects: Sequence[str] | None = None,
-              batch_size: int = 32, normalize: bool = True) -> dict[str, list[float]]:
-        """Scores for (prompt, image) pairs, batched; ``{aspect: [score, ...]}``."""
+              batch_size: int = 32, normalize: bool = True, workers: int | None = None) -> dict[str, list[float]]:
+        """Scores for (prompt, image) pairs, batched; ``{aspect: [score, ...]}``. Images are prepared by
+        :meth:`pixel_batches` in ``workers`` threads while the model scores the batch before."""
         if len(prompts) != len(images):
             raise InputError(f"{len(prompts)} prompts but {len(images)} images")
         aspects = list(aspects or self.aspects)
@@ -142,24 +168,41 @@ class VPScore(nn.Module):
         self.eval()
         out = []
         dtype = next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())
-
-        def prep(i: int):  # decoding + resizing runs in a thread, overlapping the previous batch's forward
-            ims = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else x.convert("RGB")
-                   for x in images[i:i + batch_size]]
-            return self.image_processor(images=ims, return_tensors="pt")["pixel_values"]
-
-        starts = list(range(0, len(images), batch_size))
-        with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(prep, starts[0]) if starts else None
-            for k, i in enumerate(starts):
-                px = nxt.result().to(self.device, dtype, non_blocking=True)
-                if k + 1 < len(starts):
-                    nxt = pool.submit(prep, starts[k + 1])
-                ids, mask = self.tokenize(prompts[i:i + batch_size], self.device)
-                raw = self(px, ids, mask)[:, idx]
-                out.append(self._calibrate(raw, aspects) if normalize else raw)
+        for i, px in zip(range(0, len(images), batch_size), self.pixel_batches(images, batch_size, workers)):
+            ids, mask = self.tokenize(prompts[i:i + batch_size], self.device)
+            raw = self(px.to(self.device, dtype, non_blocking=True), ids, mask)[:, idx]
+            out.append(self._calibrate(raw, aspects) if normalize else raw)
         s = torch.cat(out).cpu() if out else torch.zeros(0, len(aspects))
         return {a: s[:, k].tolist() for k, a in enumerate(aspects)}
+
+    def pixel_batches(self, images: Sequence[Image.Image | str | Path], batch_size: int = 32,
+                      workers: int | None = None) -> Iterator[torch.Tensor]:
+        """The backbone's input for ``images``, ``batch_size`` at a time, on the CPU in order.
+
+        Decoding and resizing run in ``workers`` threads (default: one per core, at most 8), each on a slice of
+        a batch, and the next batch is started before this one is handed over: with one thread an H100 waited
+        on the CPU (``score()`` at 0.33 of the bare CLIP-L forward). PIL and numpy release the GIL as they work.
+        """
+        workers = max(1, workers or min(8, os.cpu_count() or 1))
+
+        def prep(lo: int, hi: int) -> torch.Tensor:
+            ims = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else x.convert("RGB")
+                   for x in images[lo:hi]]
+            return self.image_processor(images=ims, return_tensors="pt")["pixel_values"]
+
+        def submit(i: int) -> list:
+            n = min(batch_size, len(images) - i)
+            cuts = [i + n * k // workers for k in range(workers + 1)]
+            return [pool.submit(prep, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+        starts = list(range(0, len(images), batch_size))
+        with ThreadPoolExecutor(workers) as pool:
+            nxt = submit(starts[0]) if starts else []
+            for k in range(len(starts)):
+                px = torch.cat([f.result() for f in nxt])
+                if k + 1 < len(starts):
+                    nxt = submit(starts[k + 1])
+                yield px
 
     def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor, aspects: Sequence[str] | None = None,
                      normalize: bool = True) -> torch.Tensor:
