@@ -9,7 +9,8 @@ import sys
 
 
 def run_variants(script: str, names, extra: list[str], env: dict | None = None) -> list[dict]:
-    rows, env = [], {**os.environ, **(env or {})}
+    rows = []
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **(env or {})}  # ours only
     for v in names:
         p = subprocess.run([sys.executable, script, "--variant", v, *extra], capture_output=True, text=True,
                            env=env)

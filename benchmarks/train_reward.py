@@ -3,9 +3,9 @@
 Each variant runs in its own process (so peak memory is its own) on a mid-size
 random CLIP (6 layers, 384 wide, 224 px) and the synthetic world. Peak memory
 is the process's max RSS on CPU (and, separately, the peak while training alone, less the libraries'
-resident memory: what the variant changes), ``torch.cuda.max_memory_allocated`` on GPU. On CPU the
-variants run with glibc told to return freed blocks (``--allocator``): with its defaults the peak RSS
-mostly measured memory the allocator kept after freeing it (2.5 GB of CLIP-L LoRA's 4.9 GB).
+resident memory: what the variant changes), ``torch.cuda.max_memory_allocated`` on GPU. On CPU,
+``--allocator returning`` tells glibc to give freed blocks back, so the peak is the memory training holds;
+with glibc's defaults (what the trainer gets) much of LoRA's peak is memory freed and kept for reuse.
 Also runs the learning check at a larger size when ``--learning`` is given.
 
     python benchmarks/train_reward.py [--steps 12] [--batch 8] [--learning]
@@ -106,16 +106,19 @@ def main() -> None:
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--backbone", help="a hub id or folder instead of the mid-size random CLIP")
     ap.add_argument("--learning", action="store_true", help="also run the larger learning check")
-    ap.add_argument("--allocator", choices=["returning", "glibc"], default="returning",
-                    help="returning (default): glibc hands every freed block over 128 KiB back to the system "
-                         "(MALLOC_MMAP_THRESHOLD_), so peak RSS is what training allocated; glibc: its defaults, "
-                         "which keep freed memory (on CLIP-L LoRA 2.5 GB of the peak) and measure the allocator")
+    ap.add_argument("--allocator", choices=["glibc", "returning"], default="glibc",
+                    help="CPU only. glibc (default, what `vprefer train-reward` gets): its defaults, which keep "
+                         "freed memory for reuse (on CLIP-L LoRA 2.5 GB of the peak); returning: glibc hands every "
+                         "freed block over 128 KiB back to the system (MALLOC_MMAP_THRESHOLD_=131072), so peak "
+                         "RSS is the memory training holds (slightly slower)")
     a = ap.parse_args()
     if a.variant:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(one(a.variant, a.steps, a.batch, Path(tmp), a.backbone)))
         return
-    env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if a.allocator == "returning" else {}
+    import torch
+
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if a.allocator == "returning" and not torch.cuda.is_available() else {}
     print(f"allocator: {a.allocator} {env or '(glibc defaults)'}")
     rows = run_variants(__file__, VARIANTS, ["--steps", str(a.steps), "--batch", str(a.batch)]
                         + (["--backbone", a.backbone] if a.backbone else []), env)

@@ -123,6 +123,37 @@ def test_dpo_moves_only_the_adapters_and_learns_the_preference(tiny_sd, tmp_path
     assert any(not torch.equal(p, lora_before[n]) for n, p in tr.unet.named_parameters() if "lora" in n)
 
 
+def test_the_trainer_follows_parameters_that_prepare_replaces(tiny_sd, tmp_path, monkeypatch):
+    # FSDP2 (rl/accelerate-fsdp.yaml) swaps every parameter of the prepared module for a new, sharded one and
+    # points the optimizer at those; clipping and the EMA must follow them, not the objects made before prepare
+    # (accelerate runs FSDP only on GPUs, so the swap is done here as fully_shard does it)
+    from accelerate import Accelerator
+
+    real = Accelerator.prepare
+
+    def swapping_prepare(self, model, opt):
+        model, opt = real(self, model, opt)
+        new = {}
+        for mod in model.modules():
+            for name, q in list(mod.named_parameters(recurse=False)):
+                if q.requires_grad:
+                    new[q] = torch.nn.Parameter(q.detach().clone())
+                    setattr(mod, name, new[q])
+        for g in opt.param_groups:
+            g["params"] = [new.get(q, q) for q in g["params"]]
+        return model, opt
+
+    monkeypatch.setattr(Accelerator, "prepare", swapping_prepare)
+    cfg = DiffusionDPOConfig(output_dir=str(tmp_path / "dpo"), pretrained=str(tiny_sd), resolution=32, max_steps=3,
+                             learning_rate=2e-3, per_device_train_batch_size=2, beta=500.0, eval_prompts=[],
+                             logging_steps=1, save_steps=0, report_to=[], ema_decay=0.5, max_grad_norm=1.0)
+    tr = DiffusionDPOTrainer(cfg, pairs=toy_pairs(tmp_path / "img", 4))
+    assert [id(p) for p in tr.params] == [id(p) for p in tr.unet.parameters() if p.requires_grad]
+    ema0 = [e.clone() for e in tr.ema]
+    tr.train()
+    assert any(not torch.equal(a, b) for a, b in zip(ema0, tr.ema)), "the EMA did not follow the trained weights"
+
+
 def test_recipe_unknown_key(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("pretrained: x\nbeta_dpo: 3\n")

@@ -168,7 +168,8 @@ class VPScore(nn.Module):
         self.eval()
         out = []
         dtype = next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())
-        for i, px in zip(range(0, len(images), batch_size), self.pixel_batches(images, batch_size, workers)):
+        for i, px in zip(range(0, len(images), batch_size), self.pixel_batches(images, batch_size, workers),
+                         strict=True):
             ids, mask = self.tokenize(prompts[i:i + batch_size], self.device)
             raw = self(px.to(self.device, dtype, non_blocking=True), ids, mask)[:, idx]
             out.append(self._calibrate(raw, aspects) if normalize else raw)
@@ -183,7 +184,14 @@ class VPScore(nn.Module):
         a batch, and the next batch is started before this one is handed over: with one thread an H100 waited
         on the CPU (``score()`` at 0.33 of the bare CLIP-L forward). PIL and numpy release the GIL as they work.
         """
-        workers = max(1, workers or min(8, os.cpu_count() or 1))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = max(1, workers or min(8, cores))  # 0 or None: the default
+        seen: set[int] = set()
+        for x in images:  # one lazily opened PIL image in two slices would be read by two threads at once
+            if isinstance(x, Image.Image):
+                if id(x) in seen:
+                    x.load()
+                seen.add(id(x))
 
         def prep(lo: int, hi: int) -> torch.Tensor:
             ims = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else x.convert("RGB")
@@ -196,13 +204,16 @@ class VPScore(nn.Module):
             return [pool.submit(prep, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
         starts = list(range(0, len(images), batch_size))
-        with ThreadPoolExecutor(workers) as pool:
+        pool = ThreadPoolExecutor(workers)
+        try:
             nxt = submit(starts[0]) if starts else []
             for k in range(len(starts)):
                 px = torch.cat([f.result() for f in nxt])
                 if k + 1 < len(starts):
                     nxt = submit(starts[k + 1])
                 yield px
+        finally:  # also when the caller stops early: slices of the batch ahead not started yet are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor, aspects: Sequence[str] | None = None,
                      normalize: bool = True) -> torch.Tensor:

@@ -130,6 +130,9 @@ class DiffusionTrainerBase:
             p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.unet, self.opt = self.acc.prepare(unet, self.opt)
+        # FSDP2 replaces every parameter with a sharded one (and re-points the optimizer): clipping, the EMA
+        # and the sync check must use the prepared module's parameters, not the ones made above
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
         self.lr_sched = get_scheduler(config.lr_scheduler_type, self.opt,
                                       num_warmup_steps=config.get_warmup_steps(config.max_steps),
                                       num_training_steps=config.max_steps, scheduler_specific_kwargs=config.lr_scheduler_kwargs or None)
