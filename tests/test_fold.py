@@ -71,13 +71,16 @@ def shapes() -> list[dict]:
     return recs
 
 
-@pytest.mark.parametrize("chunk", [512, 4096, 1 << 20])
-def test_columnar_rows_equal_the_reference(tmp_path, chunk):
+@pytest.mark.parametrize("chunk,read", [(512, 512), (4096, 4096), (1 << 20, 1 << 20), (4096, 512), (1 << 20, 700)])
+def test_columnar_rows_equal_the_reference(tmp_path, chunk, read):
+    # read < chunk: pieces parsed one by one, then grouped into one part (a request answered twice across two
+    # pieces of a group, or across groups, still counts once)
     recs = shapes()
     path = tmp_path / "j.jsonl"
     path.write_bytes(journal(recs))
     skip = {"q0", "q7"}
-    got = pl.concat([rows for rows, _ in unrecorded_rows(path, ASPECTS, skip, nmax=4, chunk_bytes=chunk)])
+    got = pl.concat([rows for rows, _ in unrecorded_rows(path, ASPECTS, skip, nmax=4, chunk_bytes=chunk,
+                                                         read_bytes=read)])
     want = reference(recs, skip)
     assert got["request_id"].n_unique() == 58 and not got["request_id"].is_in(list(skip)).any()
     key = ["request_id", "shown_position", "aspect"]

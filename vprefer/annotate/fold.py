@@ -23,7 +23,7 @@ import polars as pl
 
 from vprefer import schema
 from vprefer.annotate.records import rows_from_record
-from vprefer.llm.journal import CHUNK_BYTES, chunks
+from vprefer.llm.journal import CHUNK_BYTES, READ_BYTES, chunks
 
 
 _S, _F, _I = pl.String, pl.Float64, pl.Int64
@@ -119,16 +119,32 @@ def _first_records(chunk: bytes, rids: list[str]) -> list[dict]:
     return out
 
 
+def _groups(path, sch: dict, chunk_bytes: int, read_bytes: int) -> Iterator[tuple[pl.DataFrame, list[bytes]]]:
+    """The journal's "done" records, parsed ``read_bytes`` at a time and handed on about ``chunk_bytes`` at a
+    time (one part of the table each), with the text they came from (for the rare per-record path)."""
+    dfs: list[pl.DataFrame] = []
+    raw: list[bytes] = []
+    size = 0
+    for piece in chunks(path, min(read_bytes, chunk_bytes)):
+        if b'"done"' in piece:
+            dfs.append(_read(piece, sch).filter(pl.col("event") == "done"))
+            raw.append(piece)
+        size += len(piece)
+        if size >= chunk_bytes and dfs:
+            yield pl.concat(dfs), raw
+            dfs, raw, size = [], [], 0
+    if dfs:
+        yield pl.concat(dfs), raw
+
+
 def unrecorded_rows(path, aspects: list[str], skip: Iterable[str], *, nmax: int = 8,
-                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[pl.DataFrame, list[str]]]:
+                    chunk_bytes: int = CHUNK_BYTES, read_bytes: int = READ_BYTES
+                    ) -> Iterator[tuple[pl.DataFrame, list[str]]]:
     """``annotations`` rows of the first answer of every request not in ``skip``, a chunk at a time, with the
     request ids each chunk holds (a request answered twice counts once: the first answer was paid for)."""
     sch = record_schema(aspects, nmax)
     seen = pl.Series("request_id", list(skip), dtype=pl.String)
-    for chunk in chunks(path, chunk_bytes):
-        if b'"done"' not in chunk:
-            continue
-        df = _read(chunk, sch).filter(pl.col("event") == "done")
+    for df, raw in _groups(path, sch, chunk_bytes, read_bytes):
         df = df.unique("request_id", keep="first", maintain_order=True)
         df = df.filter(~pl.col("request_id").is_in(seen.implode()))
         if df.is_empty():
@@ -137,7 +153,7 @@ def unrecorded_rows(path, aspects: list[str], skip: Iterable[str], *, nmax: int 
         if _fits(df, aspects, nmax):
             rows = _rows(df, aspects, nmax)
         else:  # the line-by-line path, whose errors (a missing aspect) are the ones the table always gave
-            recs = _first_records(chunk, rids)
+            recs = _first_records(b"".join(raw), rids)
             rows = schema.frame("annotations", [row for rec in recs for row in rows_from_record(rec, aspects)])
         seen = pl.concat([seen, df["request_id"]])
         yield rows, rids

@@ -106,7 +106,11 @@ def chunks(path, size: int) -> Iterator[bytes]:
             yield block
 
 
-CHUNK_BYTES = 128 << 20  # of journal text read at a time: memory is bounded by this, not the journal
+CHUNK_BYTES = 128 << 20  # of journal text worked on at a time: memory is bounded by this, not the journal
+# ... read and parsed in pieces of this size: every allocation over glibc's mmap threshold (at most 32 MB) is
+# fresh memory whose pages fault in one by one, and that costs several us a page on a VM; 16 MB blocks are
+# reused instead (reading a 407 MB journal: 1.6 s in 128 MB blocks, 0.08 s in 8 MB ones, measured)
+READ_BYTES = 16 << 20
 
 
 _INDEX = {"event": pl.String, "request_id": pl.String, "at": pl.Float64, "cost_usd": pl.Float64,
@@ -119,7 +123,7 @@ def index(path: Path) -> pl.DataFrame:
     garbled line is skipped, as :func:`read` skips it."""
     if not path.exists() or path.stat().st_size == 0:
         return pl.DataFrame(schema=_INDEX)
-    return pl.concat([_index_chunk(c) for c in chunks(path, CHUNK_BYTES)])
+    return pl.concat([_index_chunk(c) for c in chunks(path, READ_BYTES)])
 
 
 def _index_chunk(chunk: bytes) -> pl.DataFrame:
