@@ -87,13 +87,16 @@ def test_columnar_rows_equal_the_reference(tmp_path, chunk, read):
     assert got.sort(key).equals(want.sort(key))  # same values and dtypes (row order carries no meaning)
 
 
-def test_a_garbled_line_and_an_answer_wider_than_expected_lose_nothing(tmp_path):
+@pytest.mark.parametrize("read", [1 << 24, 600])
+def test_a_garbled_line_and_an_answer_wider_than_expected_lose_nothing(tmp_path, read):
     """A line torn by a crash is skipped (as the line reader skips it); an answer with more images than
-    ``nmax`` cannot be held by the struct schema, so its chunk takes the per-record path."""
+    ``nmax`` cannot be held by the struct schema, so its chunk takes the per-record path — also when the
+    chunk was read in pieces and the wide request was answered again in a later piece (the first counts)."""
     recs = [answer("a", 4, seed=1), answer("wide", 6, seed=2), answer("b", 3, seed=3)]
+    again = answer("wide", 6, seed=9)
     path = tmp_path / "j.jsonl"
-    path.write_bytes(journal([recs[0], b'{"event":"done","request_id":"x","sco\n', recs[1], recs[2]]))
-    got = pl.concat([rows for rows, _ in unrecorded_rows(path, ASPECTS, set(), nmax=4)])
+    path.write_bytes(journal([recs[0], b'{"event":"done","request_id":"x","sco\n', recs[1], recs[2], again]))
+    got = pl.concat([rows for rows, _ in unrecorded_rows(path, ASPECTS, set(), nmax=4, read_bytes=read)])
     key = ["request_id", "shown_position", "aspect"]
     assert got.sort(key).equals(reference(recs, set()).sort(key))
     assert got.filter(pl.col("request_id") == "wide").height == 6 * 4

@@ -19,8 +19,8 @@ def state():
 
 
 def params_in_sync(params) -> dict:
-    """With several processes: are these weights the same on every rank? (DDP should keep them so; under FSDP
-    each weight is gathered whole first.)
+    """With several processes: are these weights the same on every rank? (DDP should keep them so.) Under
+    FSDP each rank holds a shard, so there is nothing to compare: ``params_in_sync`` is ``None``.
 
     Compares a three-number signature (sum, sum of squares, position-weighted sum) gathered from every
     rank, so a test or a log can say "in sync" after training without moving the weights themselves.
@@ -31,11 +31,13 @@ def params_in_sync(params) -> dict:
     if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
         return {}
     n = td.get_world_size()
+    params = list(params)
+    if any(hasattr(p, "full_tensor") for p in params):  # FSDP2 DTensor shards: gathered, they agree by design
+        return {"distributed/processes": n, "distributed/params_in_sync": None}
     sig, at = None, 0
     with torch.no_grad():
         for p in params:  # one weight at a time: a full fine-tune's weights are never copied all at once
-            t = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 shards differ by rank by design
-            flat = t.detach().float().flatten()
+            flat = p.detach().float().flatten()
             pos = torch.arange(at, at + len(flat), device=flat.device).remainder(97).float()
             part = torch.stack([flat.sum(), flat.pow(2).sum(), (flat * pos).sum()])
             sig, at = (part if sig is None else sig + part), at + len(flat)

@@ -108,14 +108,17 @@ def _rows(df: pl.DataFrame, aspects: list[str], nmax: int) -> pl.DataFrame:
     return pl.concat(parts).cast(schema.SCHEMAS["annotations"])
 
 
-def _first_records(chunk: bytes, rids: list[str]) -> list[dict]:
-    """The first "done" record of each of ``rids`` in this chunk, parsed line by line."""
+def _first_records(pieces: list[bytes], rids: list[str]) -> list[dict]:
+    """The first "done" record of each of ``rids`` in these pieces of journal text, parsed line by line."""
     wanted, out = set(rids), []
-    for line in _good_lines(chunk).splitlines():
-        rec = orjson.loads(line)
-        if rec.get("event") == "done" and rec.get("request_id") in wanted:
-            wanted.discard(rec["request_id"])
-            out.append(rec)
+    for piece in pieces:
+        for line in _good_lines(piece).splitlines():
+            rec = orjson.loads(line)
+            if rec.get("event") == "done" and rec.get("request_id") in wanted:
+                wanted.discard(rec["request_id"])
+                out.append(rec)
+        if not wanted:
+            break
     return out
 
 
@@ -126,10 +129,10 @@ def _groups(path, sch: dict, chunk_bytes: int, read_bytes: int) -> Iterator[tupl
     raw: list[bytes] = []
     size = 0
     for piece in chunks(path, min(read_bytes, chunk_bytes)):
-        if b'"done"' in piece:
+        if b'"done"' in piece:  # only the text held counts towards a part
             dfs.append(_read(piece, sch).filter(pl.col("event") == "done"))
             raw.append(piece)
-        size += len(piece)
+            size += len(piece)
         if size >= chunk_bytes and dfs:
             yield pl.concat(dfs), raw
             dfs, raw, size = [], [], 0
@@ -153,7 +156,7 @@ def unrecorded_rows(path, aspects: list[str], skip: Iterable[str], *, nmax: int 
         if _fits(df, aspects, nmax):
             rows = _rows(df, aspects, nmax)
         else:  # the line-by-line path, whose errors (a missing aspect) are the ones the table always gave
-            recs = _first_records(b"".join(raw), rids)
+            recs = _first_records(raw, rids)
             rows = schema.frame("annotations", [row for rec in recs for row in rows_from_record(rec, aspects)])
         seen = pl.concat([seen, df["request_id"]])
         yield rows, rids

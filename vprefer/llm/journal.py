@@ -95,6 +95,8 @@ def _torn(path: Path) -> bool:
 def chunks(path, size: int) -> Iterator[bytes]:
     """Whole lines, about ``size`` bytes at a time (a torn last line comes out last, on its own). The file is
     re-read from the last newline rather than joined to the next block: no copies of a chunk."""
+    if size <= 0:
+        raise ValueError(f"chunk size must be positive, not {size}")
     with open(path, "rb") as f:
         while block := f.read(size):
             cut = block.rfind(b"\n") + 1

@@ -108,6 +108,9 @@ class DiffusionTrainerBase:
         self.acc = Accelerator(mixed_precision=mp if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available(),
                                log_with="tensorboard" if "tensorboard" in (config.report_to or []) else None,
                                project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")))
+        if config.ema_decay > 0 and self.acc.distributed_type.value == "FSDP":
+            raise RecipeError("ema_decay > 0 is not supported with FSDP yet (the EMA would hold shards that "
+                              "checkpoints and the saved weights cannot gather): set ema_decay: 0 or use DDP")
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         if pipe is None:
