@@ -15,7 +15,6 @@ On CPU the default is a mid-size random CLIP (random weights are fine for timing
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vprefer.reward.model import VPScore, load_backbone
+from vprefer.reward.model import VPScore, default_workers, load_backbone
 from vprefer.testing.tiny_models import make_tiny_backbone
 
 ARCH = {"clip-mid": ("clip", dict(hidden=384, layers=6, image_size=224, patch=16, proj=256)),
@@ -90,7 +89,7 @@ def main() -> None:
     print(f"{a.arch} on {dev}, {a.n} images, batch {a.batch}")
     print(f"VPScore.score: {a.n / t_ours:.1f} img/s; bare backbone forward: {a.n / t_bare:.1f} img/s; "
           f"one-at-a-time loop: {a.n / t_loop:.1f} img/s")
-    print(f"preparing pixels: {a.n / t_prepn:.1f} img/s with {min(8, os.cpu_count() or 1)} threads, "
+    print(f"preparing pixels: {a.n / t_prepn:.1f} img/s with {default_workers()} threads, "
           f"{a.n / t_prep1:.1f} img/s with one; ratio {t_prep1 / t_prepn:.2f}x")
     print(f"ratio score/bare = {t_bare / t_ours:.3f} (target >= 0.9); speed-up vs one-at-a-time = {t_loop / t_ours:.1f}x")
 

@@ -124,3 +124,15 @@ def test_an_answer_missing_an_aspect_fails_as_it_always_did(tmp_path):
     path.write_bytes(journal([bad]))
     with pytest.raises(KeyError):
         list(unrecorded_rows(path, ASPECTS, set(), nmax=4))
+
+
+def test_a_read_size_that_cannot_bound_memory_is_refused(tmp_path):
+    # 0 would read nothing (a fold adding nothing, silently); a negative size reads the whole file at once
+    from vprefer.llm.journal import chunks
+
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(journal([answer("a", 2)]))
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="positive"):
+            list(chunks(path, size))
+    assert len(list(chunks(path, 10))) == 1  # one line longer than a chunk: read on to its end

@@ -154,6 +154,25 @@ def test_the_trainer_follows_parameters_that_prepare_replaces(tiny_sd, tmp_path,
     assert any(not torch.equal(a, b) for a, b in zip(ema0, tr.ema)), "the EMA did not follow the trained weights"
 
 
+def test_an_ema_under_fsdp_is_refused_clearly(tiny_sd, tmp_path, monkeypatch):
+    # the EMA would hold shards that checkpoints and the saved weights cannot gather: refused before training
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    real = Accelerator.__init__
+
+    def as_fsdp(self, *a, **k):
+        real(self, *a, **k)
+        # accelerate runs FSDP only on GPUs; its state is shared by every Accelerator: restored after the test
+        monkeypatch.setattr(self.state, "distributed_type", DistributedType.FSDP)
+
+    monkeypatch.setattr(Accelerator, "__init__", as_fsdp)
+    cfg = DiffusionDPOConfig(output_dir=str(tmp_path / "dpo"), pretrained=str(tiny_sd), resolution=32, max_steps=1,
+                             eval_prompts=[], save_steps=0, report_to=[], ema_decay=0.9)
+    with pytest.raises(RecipeError, match="ema_decay.*FSDP"):
+        DiffusionDPOTrainer(cfg, pairs=toy_pairs(tmp_path / "img", 2))
+
+
 def test_recipe_unknown_key(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("pretrained: x\nbeta_dpo: 3\n")

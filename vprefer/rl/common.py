@@ -99,7 +99,7 @@ class DiffusionTrainerBase:
     def __init__(self, config: DiffusionTrainingConfig, *, pipe=None, reward=None, holdout_reward=None,
                  callbacks: Sequence[Callable[[int, dict], None]] = ()):
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
+        from accelerate.utils import DistributedType, ProjectConfiguration
 
         self.config, self.out = config, Path(config.output_dir)
         mp = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
@@ -108,7 +108,7 @@ class DiffusionTrainerBase:
         self.acc = Accelerator(mixed_precision=mp if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available(),
                                log_with="tensorboard" if "tensorboard" in (config.report_to or []) else None,
                                project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")))
-        if config.ema_decay > 0 and self.acc.distributed_type.value == "FSDP":
+        if config.ema_decay > 0 and self.acc.distributed_type == DistributedType.FSDP:
             raise RecipeError("ema_decay > 0 is not supported with FSDP yet (the EMA would hold shards that "
                               "checkpoints and the saved weights cannot gather): set ema_decay: 0 or use DDP")
         random.seed(config.seed)
