@@ -54,3 +54,72 @@ def test_files_and_batches_round_trip(judge):
     out = [json.loads(x) for x in c.files.content(b.output_file_id).read().splitlines()]
     assert out[0]["custom_id"] == "r1" and "in fine detail" in out[0]["response"]["body"]["choices"][0]["message"]["content"]
     assert [x.id for x in c.batches.list()] == [b.id]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stats_pid(port: int) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=5) as r:  # a fresh connection each
+        return json.loads(r.read())["pid"]
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not hasattr(__import__("socket"), "SO_REUSEPORT"), reason="SO_REUSEPORT is Linux/BSD")
+def test_several_workers_answer_on_one_port_and_stop_with_the_server():
+    """Throughput benchmarks run the judge in several processes (one tops out near 120 requests/s): both
+    must answer on the one port, and stopping the server must stop every worker (none left behind)."""
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "vprefer", "judge-server", "--port", str(port), "--workers", "2"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            try:
+                pids.add(_stats_pid(port))
+            except OSError:
+                time.sleep(0.1)
+        assert len(pids) == 2 and srv.pid in pids  # the kernel spread fresh connections over both processes
+        c = openai.OpenAI(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+        for _ in range(6):  # each worker answers the real protocol
+            r = c.chat.completions.create(model="m", messages=image_msg(png_bytes()))
+            assert r.choices[0].message.content
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(timeout=30)
+    worker = (pids - {srv.pid}).pop()
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "a judge worker outlived the server"
+
+
+def test_several_workers_need_a_port():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "vprefer", "judge-server", "--port", "0", "--workers", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "give --port" in (p.stdout + p.stderr)

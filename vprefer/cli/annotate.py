@@ -152,15 +152,17 @@ def judge_server(
     seed: int = typer.Option(0),
     capacity: int = typer.Option(0, "--capacity", help="At most this many requests served at once (a replica's "
                                  "batch slots; more wait in a queue); 0: no limit."),
+    workers: int = typer.Option(1, "--workers", help="Processes serving the port (SO_REUSEPORT, Linux): one "
+                                "process tops out near 120 requests/s, so throughput benchmarks use several. "
+                                "Each keeps its own state (stored completions, batches, /_stats): tests that "
+                                "read state back use 1."),
 ) -> None:
     """Start the embedded stand-in judge: an OpenAI-compatible server scoring by pixel statistics (offline demos/tests)."""
-    from vprefer.testing.judge_server import Faults, JudgeServer
+    from vprefer.testing.judge_serve import serve
+    from vprefer.testing.judge_server import Faults
 
-    srv = JudgeServer("127.0.0.1", port, Faults(latency_s=latency, rate_429=rate_429, rate_500=rate_500,
-                                                  malformed_rate=malformed, stall_rate=stall, stall_s=stall_s,
-                                                  position_bias=position_bias, seed=seed, capacity=capacity))
-    out.print(f"stand-in judge on {srv.base_url} (pixel statistics, not a model); Ctrl-C to stop")
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        srv.server_close()
+    faults = Faults(latency_s=latency, rate_429=rate_429, rate_500=rate_500, malformed_rate=malformed,
+                    stall_rate=stall, stall_s=stall_s, position_bias=position_bias, seed=seed, capacity=capacity)
+    ready = lambda url: out.print(f"stand-in judge on {url} (pixel statistics, not a model; "  # noqa: E731
+                                  f"{workers} worker{'s' if workers != 1 else ''}); Ctrl-C to stop")
+    serve(port, faults, workers=workers, on_ready=ready)

@@ -13,7 +13,8 @@ latency, 429 with ``Retry-After``, 500, malformed answers, stalls longer than th
 client's timeout, position bias, and failed lines in batch error files.
 ``GET /_stats`` reports how many times each request id was answered, which is
 how tests prove that nothing is paid twice, and what the server billed (tokens,
-images), which is how client-side cost accounting is checked.
+images), which is how client-side cost accounting is checked. :func:`vprefer.testing.judge_serve.serve`
+runs it in several processes on one port, for throughput benchmarks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import os
 import random
 import threading
 import time
@@ -190,7 +192,7 @@ class Handler(BaseHTTPRequestHandler):
         parts = url.path.rstrip("/").split("/")
         if url.path == "/_stats":
             with st.lock:
-                return self._send(200, {"answered": dict(st.answered), "requests": st.requests,
+                return self._send(200, {"answered": dict(st.answered), "requests": st.requests, "pid": os.getpid(),
                                         "batches": len(st.batches), "billed": dict(st.billed)})
         if url.path == "/health":
             return self._send(200, {"ok": True})
@@ -322,7 +324,9 @@ class Handler(BaseHTTPRequestHandler):
 class JudgeServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None, *,
+                 reuse_port: bool = False):
+        self.allow_reuse_port = reuse_port  # read when the socket is bound, inside super().__init__
         super().__init__((host, port), Handler)
         self.state = JudgeState(faults or Faults())
 
@@ -384,3 +388,4 @@ class JudgeServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
