@@ -107,6 +107,8 @@ def bare_rps(bodies: list[bytes], base_url: str, concurrency: int, seconds: floa
                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(b) + b)
             await w.drain()
             head = await r.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"the judge refused a bare request: {head.splitlines()[0]!r}")
             n = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
             await r.readexactly(n)
             done[0] += 1

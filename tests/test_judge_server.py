@@ -89,6 +89,7 @@ def test_several_workers_answer_on_one_port_and_stop_with_the_server():
     import signal
     import subprocess
     import sys
+    import urllib.request
 
     port = _free_port()
     srv = subprocess.Popen([sys.executable, "-m", "vprefer", "judge-server", "--port", str(port), "--workers", "2"],
@@ -102,10 +103,16 @@ def test_several_workers_answer_on_one_port_and_stop_with_the_server():
             except OSError:
                 time.sleep(0.1)
         assert len(pids) == 2 and srv.pid in pids  # the kernel spread fresh connections over both processes
-        c = openai.OpenAI(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
-        for _ in range(6):  # each worker answers the real protocol
-            r = c.chat.completions.create(model="m", messages=image_msg(png_bytes()))
+        served: dict[int, int] = {}
+        while len(served) < 2 and time.monotonic() < deadline:  # each worker answers the real protocol
+            with openai.OpenAI(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0) as c:
+                r = c.chat.completions.create(model="m", messages=image_msg(png_bytes()))  # a fresh connection
             assert r.choices[0].message.content
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=5) as s:
+                st = json.loads(s.read())
+            if st["requests"]:
+                served[st["pid"]] = st["requests"]
+        assert set(served) == pids
     finally:
         srv.send_signal(signal.SIGTERM)
         srv.wait(timeout=30)

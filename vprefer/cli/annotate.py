@@ -154,8 +154,8 @@ def judge_server(
                                  "batch slots; more wait in a queue); 0: no limit."),
     workers: int = typer.Option(1, "--workers", help="Processes serving the port (SO_REUSEPORT, Linux): one "
                                 "process tops out near 120 requests/s, so throughput benchmarks use several. "
-                                "Each keeps its own state (stored completions, batches, /_stats): tests that "
-                                "read state back use 1."),
+                                "Each keeps its own state (stored completions, batches, /_stats, /_config): "
+                                "tests that read or set state use 1."),
 ) -> None:
     """Start the embedded stand-in judge: an OpenAI-compatible server scoring by pixel statistics (offline demos/tests)."""
     from vprefer.testing.judge_serve import serve
