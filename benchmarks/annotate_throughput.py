@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,8 @@ from vprefer.annotate.requests import chat_body, image_uris, plan
 from vprefer.annotate.rubric import Rubric
 from vprefer.ingest import ingest
 from vprefer.store import Run
+from vprefer.testing.helpers import free_port
 from vprefer.testing.synthetic import write_dataset
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_healthy(base_url: str, timeout: float = 30.0) -> None:
     t0 = time.monotonic()

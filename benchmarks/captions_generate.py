@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,8 @@ from vprefer.caption import caption
 from vprefer.generate import GenerateRecipe, generate
 from vprefer.ingest import ingest
 from vprefer.store import Run
+from vprefer.testing.helpers import free_port
 from vprefer.testing.synthetic import write_dataset
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def stats(base_url: str) -> dict:
     with urllib.request.urlopen(base_url.replace("/v1", "/_stats")) as r:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 
 import numpy as np
 import polars as pl
@@ -15,19 +14,12 @@ from vprefer.audit.labelstudio import connect, load_state, parse_result
 from vprefer.audit.metrics import alpha_all_raters, qw_kappa
 from vprefer.recipes import REPO
 from vprefer.store import Run
-from vprefer.testing.helpers import local_preset
+from vprefer.testing.helpers import free_port, local_preset
 
 pytestmark = pytest.mark.slow  # a real Label Studio server and headless Chromium
 
 CREDS = {"VPREFER_LS_USERNAME": "admin@vprefer.test", "VPREFER_LS_PASSWORD": "audit-pass-123",
          "VPREFER_LS_TOKEN": "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):

@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from vprefer.testing.helpers import png_bytes
+from vprefer.testing.helpers import free_port, png_bytes
 
 
 def client(judge):
@@ -55,15 +55,6 @@ def test_files_and_batches_round_trip(judge):
     assert out[0]["custom_id"] == "r1" and "in fine detail" in out[0]["response"]["body"]["choices"][0]["message"]["content"]
     assert [x.id for x in c.batches.list()] == [b.id]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stats_pid(port: int) -> int:
     import urllib.request
 
@@ -91,7 +82,7 @@ def test_several_workers_answer_on_one_port_and_stop_with_the_server():
     import sys
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "vprefer", "judge-server", "--port", str(port), "--workers", "2"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -13,18 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from vprefer.testing.helpers import free_port
+
 pytestmark = pytest.mark.slow  # each launch starts two Python processes
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def launch(args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import urllib.request
 from pathlib import Path
 
 from PIL import Image
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for a server started in another process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png_bytes(color=(200, 30, 30), size=(32, 24), fmt="PNG") -> bytes:

@@ -388,4 +388,3 @@ class JudgeServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
-
