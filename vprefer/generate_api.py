@@ -197,7 +197,7 @@ def generate_api(run: Run, ep: Endpoint, todo: list[tuple[str, str, int]], *, bu
             iid, uri = await asyncio.to_thread(store_image, run, chk)  # the file is durable before the record
         except (PermanentError, ValueError, BadImage, openai.APIError) as e:  # APIError: stays pending for a rerun
             await ledger.awrite(ended(rid, e))
-            return Outcome("error")
+            return Outcome("pending" if isinstance(e, openai.APIError) else "error")
         u = r.usage
         tin, tout = (u.input_tokens or 0, u.output_tokens or 0) if u is not None else (0, 0)
         c = ep.cost(len(r.data), tin, tout)

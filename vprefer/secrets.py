@@ -3,9 +3,11 @@
 Keys are only ever read from the environment (the variable *name* is what
 presets and recipes store). As a second line of defence, every manifest,
 journal line, log record and error message goes through :func:`redact`, which
-masks the current values of secret-looking environment variables and
-key-shaped strings, so a key pasted into the wrong place still never lands on
-disk.
+masks the current values of secret-looking environment variables,
+key-shaped strings, and the credentials a URL can carry (``user:TOKEN@`` user
+info, ``?api-key=TOKEN`` and other credential-looking query parameters: a
+``--base-url`` pasted from a dashboard often has one), so a key pasted into the
+wrong place still never lands on disk.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)",
 _KEY_SHAPES = re.compile(
     r"(sk-[A-Za-z0-9_\-]{12,}|Bearer\s+[A-Za-z0-9._\-]{8,}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9._\-]+)"
 )
+
+# user info of any URL: ``scheme://user:pass@host`` -> ``scheme://***@host``
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s'\"]+@")
+# a query or fragment parameter whose name looks like a credential: its value is masked, its name kept
+_CRED_PARAM = re.compile(r"(?i)([?&;#][A-Za-z0-9_.\-]*(?:key|token|secret|passw|pwd|auth|sig|credential|session)"
+                         r"[A-Za-z0-9_.\-]*=)[^&;#\s'\"]+")
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, a command line, a message) with URL user info and credential-looking query
+    parameters masked; the host, port and path stay, so a message still says which server."""
+    return _CRED_PARAM.sub(r"\1" + MASK, _USERINFO.sub(r"\1" + MASK + "@", text))
 
 
 def secret_values() -> list[str]:
@@ -45,7 +59,7 @@ def redact_lines(data: bytes, records: list[Any], encode) -> bytes:
     """JSON lines of ``records`` (``data``, encoded by ``encode``) with secrets masked. Nearly every line has
     none: the bytes are searched once for every secret (raw and JSON-escaped) and every key shape's prefix,
     and only when something is found are the records redacted one by one and encoded again."""
-    needles = [b"sk-", b"Bearer", b"eyJ"]
+    needles = [b"sk-", b"Bearer", b"eyJ", b"://"]
     for s in _current_secrets():
         needles += [s.encode(), json.dumps(s, ensure_ascii=False)[1:-1].encode()]
     if not any(n in data for n in needles):
@@ -64,7 +78,8 @@ def _redact(obj: Any, secrets: list[str]) -> Any:
         for s in secrets:
             if s in obj:
                 obj = obj.replace(s, MASK)
-        return _KEY_SHAPES.sub(MASK, obj)
+        obj = _KEY_SHAPES.sub(MASK, obj)
+        return redact_url(obj) if "://" in obj or "=" in obj else obj
     if isinstance(obj, dict):
         return {k: _redact(v, secrets) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -64,7 +64,7 @@ class OnlineRunner:
         except (openai.APIError, openai.APIConnectionError) as e:
             # retries exhausted on a transient fault: not journalled as done, so a rerun asks again
             await self.ledger.awrite(ended(req.request_id, e))
-            return Outcome("error")
+            return Outcome("pending")
         c = cost(self.preset, tin, tout, batch=False)
         await self.ledger.awrite(done_record(
             req, annotator=self.preset.annotator_id, rubric=self.rubric.hash, scale_max=self.rubric.scale.max,

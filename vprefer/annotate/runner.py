@@ -31,7 +31,7 @@ from vprefer.annotate.records import fold, ledger_for
 from vprefer.annotate.estimate import Estimator
 from vprefer.annotate.requests import image_uris, pending, plan
 from vprefer.annotate.rubric import Rubric
-from vprefer.llm import Report
+from vprefer.llm import FatalAPIError, Report
 from vprefer.store import Run
 
 
@@ -133,10 +133,16 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                     batches.submit(left, image_uris(run))  # error-file lines (not billed) and re-asks
                 if not wait:
                     batches.poll(by_id)
+        except FatalAPIError as e:  # the one line says what this run came to, not only why it stopped
+            e.args = (f"{e.args[0]}. This run: {res.ok} answered, {res.invalid} invalid, {res.error} failed, "
+                      f"{res.todo - res.ok - res.invalid - res.error} still to send (rerun the same command; "
+                      "everything answered so far is saved)",)
+            raise
         finally:
             fold(run, ledger, aspects)
-        entry.update(cost_usd=res.cost_usd, ok=res.ok, invalid=res.invalid, error=res.error, run_id=run_id,
-                     stopped_for_budget=res.stopped_for_budget)
+            entry.update(cost_usd=res.cost_usd, ok=res.ok, invalid=res.invalid, error=res.error,
+                         pending=res.todo - res.ok - res.invalid - res.error, run_id=run_id,
+                         stopped_for_budget=res.stopped_for_budget)
     res.spent_total_usd = ledger.spent_usd
     res.bias = position_bias(run, preset.annotator_id)
     return res

@@ -131,7 +131,7 @@ async def _online(st: CaptionStyle, preset: ClientSettings, ledger: Ledger, res:
             text = clean(r.choices[0].message.content if r.choices else None)
         except (PermanentError, ValueError, OSError, openai.APIError) as e:  # APIError: stays pending for a rerun
             await ledger.awrite(ended(it.request_id, e))
-            return Outcome("error")
+            return Outcome("pending" if isinstance(e, openai.APIError) else "error")
         tin, tout = usage(r)
         c = cost(preset, tin, tout, batch=False)
         await ledger.awrite(_done(it, st, preset.annotator_id, text, tin, tout, c, time.monotonic() - t0))

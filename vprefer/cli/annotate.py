@@ -59,12 +59,12 @@ def annotate(
     try:
         res = annotate_api(run_dir, preset, dry_run=dry_run, max_cost=max_cost, limit=limit, wait=not no_wait,
                            progress=sys.stderr.isatty(), results=results or None)
-    except FatalAPIError as e:
-        fail(f"{e}. Everything answered so far is saved.")
+    except FatalAPIError as e:  # its message ends with what this run came to
+        fail(str(e))
     t = Table("", "value", title=f"annotate {preset.annotator_id} ({preset.mode})")
     t.add_row("image sets x permutations", f"{res.planned:,}")
     t.add_row("already answered", f"{res.already_done:,}")
-    t.add_row("to send" if res.dry_run or res.folded is not None else "sent this time", f"{res.todo:,}")
+    t.add_row("to send", f"{res.todo:,}")
     if res.folded is not None:
         f = res.folded
         t.add_row("results lines folded / failed / already folded / not ours",
@@ -75,6 +75,9 @@ def annotate(
         t.add_row("estimate basis", res.est_basis)
     if not res.dry_run:
         t.add_row("ok / invalid / error", f"{res.ok} / {res.invalid} / {res.error}")
+        left = res.todo - res.ok - res.invalid - res.error
+        if left and res.folded is None:
+            t.add_row("still to send (a rerun sends them)", f"{left:,}")
         if res.recovered:
             t.add_row("answers recovered from the server (not paid again)", str(res.recovered))
         t.add_row("cost this time / total on this run", f"${res.cost_usd:.4f} / ${res.spent_total_usd:.4f}")

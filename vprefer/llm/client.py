@@ -22,10 +22,30 @@ from vprefer.errors import ServiceError
 from vprefer.llm.pool import SHARD, Pool, Server, label_for
 from vprefer.llm.report import Report
 from vprefer.llm.settings import ClientSettings
+from vprefer.secrets import redact_url
 
 
 class FatalAPIError(ServiceError):
-    """The server refuses the whole run (bad key, unknown model): stop, lose nothing, say why."""
+    """The server refuses the whole run (bad key, unknown model): stop, lose nothing, say why.
+
+    ``request_id``: the request it was raised for, so the send loop journals that request's end (a refusal
+    leaves nothing running on the server: without that line the corrected rerun waited ``timeout_s`` for an
+    answer that never comes)."""
+
+    in_flight = False  # whether the server may still be working on the request (see :func:`ended`)
+
+    def __init__(self, message: str, request_id: str | None = None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class UnreachableError(FatalAPIError):
+    """Connections to the server failed through every retry: the run stops (sending the rest would fail the
+    same way) and says which URL, so ``annotate && pairs`` does not carry on as if it had worked."""
+
+    def __init__(self, message: str, request_id: str | None = None, *, in_flight: bool = False):
+        super().__init__(message, request_id)
+        self.in_flight = in_flight
 
 
 class PermanentError(Exception):
@@ -41,6 +61,14 @@ def retry_after(exc: openai.APIStatusError) -> float | None:
         except ValueError:
             pass
     return None
+
+
+def reached(e: BaseException) -> bool:
+    """Whether a failed connection may have delivered the request: not when the connection was never made
+    (refused, no route, DNS, a connect timeout); a read timeout or a dropped connection may have."""
+    cause = e.__cause__
+    # by name: the openai client may ship its own copy of httpx (``httpx2`` here), whose classes are not httpx's
+    return not any(c.__name__ in ("ConnectError", "ConnectTimeout") for c in type(cause).__mro__) if cause else True
 
 
 def backoff(attempt: int, settings: ClientSettings, hint: float | None) -> float:
@@ -61,7 +89,9 @@ def ended(rid: str, e: BaseException) -> dict:
     retry, a 4xx) or an unusable answer leaves nothing running there (see :mod:`vprefer.llm.journal`)."""
     if isinstance(e, openai.APIError):  # retries exhausted
         return {"event": "transient", "request_id": rid, "error": short_error(e),
-                "in_flight": isinstance(e, openai.APIConnectionError)}
+                "in_flight": isinstance(e, openai.APIConnectionError) and reached(e)}
+    if isinstance(e, FatalAPIError):  # refused (401/403/404), or the server could not be reached at all
+        return {"event": "transient", "request_id": rid, "error": str(e)[:300], "in_flight": e.in_flight}
     return {"event": "error", "request_id": rid, "error": str(e)[:300], "in_flight": False}
 
 
@@ -130,17 +160,23 @@ class Client:
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 pool.failed(server, transient=False)
                 raise FatalAPIError(f"{s.name}: server {server.label} refused the request ({e.status_code}: "
-                                    f"{short_error(e)}); check {s.api_key_env}, the base URL and the model name"
-                                    ) from None
+                                    f"{short_error(e)}); check {s.api_key_env}, the base URL and the model name",
+                                    rid) from None
             except (openai.RateLimitError, openai.InternalServerError) as e:
                 hint = retry_after(e)
                 pool.failed(server, hint)
                 if last:
                     raise
-            except (openai.APITimeoutError, openai.APIConnectionError):
+            except openai.APITimeoutError as e:  # the server may be slow, not gone: this request stays pending
+                pool.failed(server)
+                if last and reached(e):
+                    raise
+                if last:
+                    raise self._unreachable(server, e, rid) from None
+            except openai.APIConnectionError as e:
                 pool.failed(server)
                 if last:
-                    raise
+                    raise self._unreachable(server, e, rid) from None
             except openai.APIStatusError as e:
                 if e.status_code == 409 or e.status_code >= 500:
                     hint = retry_after(e)
@@ -158,6 +194,12 @@ class Client:
             if not pool.healthy_besides(server):  # another server is up: retry there at once
                 await asyncio.sleep(backoff(attempt, s, hint))
         raise AssertionError("unreachable")
+
+    def _unreachable(self, server: Server, e: BaseException, rid: str) -> UnreachableError:
+        why = str(e.__cause__ or e).strip() or type(e.__cause__ or e).__name__
+        return UnreachableError(f"{self.settings.name}: cannot reach {redact_url(str(server.client.base_url))} "
+                                f"({why[:120]}) after {self.settings.max_retries + 1} attempts; check the base "
+                                "URL and that the server is up", rid, in_flight=reached(e))
 
     async def recover(self, rid: str, sent_at: float | None = None) -> ChatCompletion | None:
         """The completion stored for a request that was in flight when the last process died, if any

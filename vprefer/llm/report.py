@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Outcome:
-    """What one request came to. ``status`` is ``ok``, ``invalid`` (answered, failed validation) or
-    ``error`` (permanent error, or transient retries ran out: then it stays pending for a rerun)."""
+    """What one request came to. ``status`` is ``ok``, ``invalid`` (answered, failed validation), ``error``
+    (a permanent error, recorded) or ``pending`` (transient retries ran out, or the run stopped: nothing is
+    recorded and a rerun asks again; counting these as errors told users a failure was final)."""
     status: str
     input_tokens: int = 0
     output_tokens: int = 0
@@ -36,6 +37,7 @@ class Report:
     ok: int = 0
     invalid: int = 0
     error: int = 0
+    pending: int = 0  # ended without an answer or a recorded error: a rerun sends it again
     in_flight: int = 0
     retries: int = 0
     recovered: int = 0
@@ -61,7 +63,7 @@ class Report:
 
     @property
     def done(self) -> int:
-        return self.ok + self.invalid + self.error
+        return self.ok + self.invalid + self.error + self.pending
 
     def count(self, outcome: Outcome) -> None:
         self.input_tokens += outcome.input_tokens

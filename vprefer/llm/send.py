@@ -10,8 +10,11 @@ thing everywhere:
   requests in flight + the estimate of the next one* would pass ``budget``. The
   cap is on the total for the run directory, so the same command with the same
   cap never spends more on a rerun;
-* a :class:`FatalAPIError` (bad key, unknown model) stops new requests, lets
-  those in flight land in the journal, then propagates.
+* a :class:`FatalAPIError` (bad key, unknown model, a server that cannot be
+  reached) stops new requests, journals the end of the request it came from
+  (refused or never delivered: not in flight, so a rerun sends it at once),
+  lets those in flight land in the journal, then propagates. Requests it ends
+  count as ``pending``: a rerun sends them.
 
 What one request *is* (body, parsing, what gets journalled) is the job's
 ``ask`` coroutine; the loop only counts its :class:`Outcome`.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, Iterable, TypeVar
 
-from vprefer.llm.client import FatalAPIError
+from vprefer.llm.client import FatalAPIError, ended
 from vprefer.llm.ledger import Ledger
 from vprefer.llm.report import Outcome, Report
 
@@ -44,6 +47,9 @@ async def send_all(items: Iterable[T], ask: Callable[[T], Awaitable[Outcome]], *
             report.count(await ask(item))
         except FatalAPIError as e:
             fatal.append(e)
+            report.pending += 1
+            if e.request_id is not None:
+                await ledger.awrite(ended(e.request_id, e))
         finally:
             reserved -= est
             report.in_flight -= 1

@@ -143,7 +143,7 @@ async def _send(todo, preset: ClientSettings, style: str, ledger: Ledger, res: R
             await ledger.awrite({"event": "error", "request_id": rid, "error": str(e)[:300]})
             return Outcome("error")
         except openai.APIError:
-            return Outcome("error")  # retries exhausted: stays pending for the next run
+            return Outcome("pending")  # retries exhausted: stays pending for the next run
         tin, tout = usage(r)
         c = cost(preset, tin, tout, batch=False)
         await ledger.awrite({"event": "done", "status": "ok", "request_id": rid, "parent": pid,
