@@ -30,3 +30,7 @@ class MissingError(VpreferError, FileNotFoundError):
 
 class ServiceError(VpreferError, RuntimeError):
     """A server the command talks to is down, refuses, or lost what we stored there."""
+
+
+class DamagedError(VpreferError, ValueError):
+    """A file of the run exists but cannot be read (torn copy, full disk): the message names the file."""

@@ -70,7 +70,11 @@ def import_ranking_json(path: Path, out: Path | Run, *, fmt: str = "imagereward"
     try:
         entries = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise FormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise FormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); --format {fmt} reads "
+                          "a JSON list (a Pick-a-Pic parquet file is --format pickapic)") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: not a text file, so not {fmt} JSON (a Pick-a-Pic parquet file is "
+                          "--format pickapic)") from None
     if not isinstance(entries, list):
         raise FormatError(f"{path}: expected a JSON list of {{prompt, generations|image_path, ranking|rank}}")
     run = as_run(out, create=True)
@@ -185,7 +189,12 @@ PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
 
 def import_pickapic(path: Path, out: Path | Run) -> ImportCounts:
     path = Path(path)
-    df = pl.read_parquet(path)
+    try:
+        df = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise FormatError(f"{path}: not a readable parquet file ({str(e).strip().splitlines()[0][:120]}); "
+                          "--format pickapic reads Pick-a-Pic parquet (an ImageReward or HPDv2 JSON file is "
+                          "--format imagereward or --format hpdv2)") from None
     missing = [c for c in PICKAPIC_COLUMNS if c not in df.columns]
     if missing:
         raise FormatError(f"{path}: Pick-a-Pic parquet lacks {', '.join(missing)} "

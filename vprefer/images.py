@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vprefer.errors import VpreferError
+from vprefer.errors import MissingError, VpreferError
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
@@ -143,3 +143,15 @@ def decode_data_url(url: str) -> Image.Image:
     except Exception as e:
         raise BadImage(f"undecodable data URL image ({e})") from None
     return im
+
+
+def require_image_files(run, doing: str) -> None:
+    """Before a model is loaded: every local image of ``run`` is on disk. A run imported without
+    ``--images-root`` holds rankings of image *paths* only; finding that out after minutes of loading, as a
+    ``FileNotFoundError``, told the user nothing about the fix."""
+    paths = [p for p in run.image_paths()["path"].to_list() if "://" not in p]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise MissingError(f"{run.path}: {len(missing):,} of {len(paths):,} image files are missing (first: "
+                           f"{missing[0]}), so it cannot be used to {doing}; a run imported without "
+                           "--images-root holds no images: import it again with --images-root FOLDER")

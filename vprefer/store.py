@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import polars as pl
 
 from vprefer import __version__, schema
-from vprefer.errors import MissingError
+from vprefer.errors import DamagedError, MissingError
 from vprefer.secrets import redact
 
 _FILE = re.compile(r"^(base|part)-(\d{10})\.parquet$")
@@ -187,14 +187,32 @@ class Run:
         frames = []
         for f in files:
             lf = pl.scan_parquet(f)
-            bad = schema.problems(name, lf.collect_schema())
+            try:
+                found = lf.collect_schema()
+            except pl.exceptions.PolarsError as e:
+                raise damaged(f, name, e) from None
+            bad = schema.problems(name, found)
             if bad:
                 raise schema.SchemaError(f"{f}: table {name!r} does not match its schema: " + "; ".join(bad))
             frames.append(lf.select(list(schema.SCHEMAS[name])))
         return pl.concat(frames, how="vertical_relaxed")
 
     def read(self, name: str) -> pl.DataFrame:
-        return schema.validate(name, self.scan(name).collect(), self.table_dir(name))
+        return schema.validate(name, self._collect(name, self.scan(name)), self.table_dir(name))
+
+    def _collect(self, name: str, lf: pl.LazyFrame) -> pl.DataFrame:
+        """``lf.collect()``; a damaged file found only when its pages are read is named (each file of the table
+        is read again, on this rare path only, to find which)."""
+        try:
+            return lf.collect()
+        except pl.exceptions.PolarsError as e:
+            base, _, parts = self._files(name)
+            for f in ([base] if base else []) + [p for _, p in parts]:
+                try:
+                    pl.read_parquet(f)
+                except pl.exceptions.PolarsError as e2:
+                    raise damaged(f, name, e2) from None
+            raise damaged(self.table_dir(name), name, e) from None
 
     def read_or_empty(self, name: str) -> pl.DataFrame:
         """The table, or an empty frame with the table's schema when it was never written.
@@ -296,7 +314,7 @@ class Run:
         if tables.exists():
             for d in sorted(tables.iterdir()):
                 if d.is_dir() and d.name in schema.SCHEMAS:
-                    out[d.name] = self.scan(d.name).select(pl.len()).collect().item()
+                    out[d.name] = self._collect(d.name, self.scan(d.name).select(pl.len())).item()
         return out
 
     # ---------------------------------------------------------------- manifest
@@ -361,6 +379,13 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def damaged(f: Path, table: str, e: Exception) -> DamagedError:
+    why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return DamagedError(f"{f}: table {table!r} cannot be read ({why}); the file is damaged (an interrupted copy, "
+                        "a full disk?): restore it from a backup, or move it aside and rerun the command that "
+                        "wrote the table (manifest.json lists them)")
 
 
 def is_url(uri: str) -> bool:

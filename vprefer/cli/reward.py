@@ -107,7 +107,9 @@ def eval_reward(
     from vprefer.reward.evaluate import evaluate_run
 
     if fmt == "vprefer":
-        as_run(data)  # inputs are checked before the model is loaded
+        from vprefer.images import require_image_files
+
+        require_image_files(as_run(data), "evaluate a reward model")  # inputs are checked before the model is loaded
     elif not data.is_file():
         fail(f"{data}: no such {fmt} file")
     if fmt in ("imagereward", "hpdv2") and images_root is None:

@@ -26,7 +26,10 @@ def score_run(model, run: Run | str | Path, *, batch_size: int = 32) -> ScoreRes
     from vprefer.reward.evaluate import score_images
     from vprefer.reward.model import VPScore
 
-    run = as_run(run)  # a wrong run folder fails before a model is loaded
+    from vprefer.images import require_image_files
+
+    run = as_run(run)  # a wrong run folder (or one without its images) fails before a model is loaded
+    require_image_files(run, "score images")
     if isinstance(model, (str, Path)):
         ref, rm = str(model), VPScore.from_pretrained(model)
     else:

@@ -43,7 +43,11 @@ def serve(port: int, faults: Faults, *, workers: int = 1, host: str = "127.0.0.1
     children: list[subprocess.Popen] = []
     srv = None
     try:
-        srv = JudgeServer(host, port, faults, reuse_port=workers > 1)
+        try:
+            srv = JudgeServer(host, port, faults, reuse_port=workers > 1)
+        except OSError as e:  # most often: the port is taken (another judge, or a leftover one)
+            raise ServiceError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another server on "
+                               "that port? stop it, or choose another with --port") from None
         children = [_start_worker(host, port, faults) for _ in range(workers - 1)]
         for c in children:
             _wait_ready(c, start_timeout_s)

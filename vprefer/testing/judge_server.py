@@ -24,6 +24,7 @@ import email.policy
 import json
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -336,6 +337,13 @@ class JudgeServer(ThreadingHTTPServer):
 
     def state_add_file(self, content: bytes, purpose: str, filename: str) -> str:
         fid = f"file-{uuid.uuid4().hex[:20]}"
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-answer (a cancelled run, a benchmark's timeout) is not an error of
+        the server: no traceback for it. Anything else is still printed."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
+
         with self.state.lock:
             self.state.files[fid] = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
                                      "filename": filename, "purpose": purpose, "status": "processed",
