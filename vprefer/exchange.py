@@ -226,13 +226,15 @@ def import_pickapic(path: Path, out: Path | Run) -> ImportCounts:
 
 
 def import_file(path: Path, out: Path | Run, fmt: str, images_root: Path | None = None) -> ImportCounts:
+    if fmt not in FORMATS_IN:
+        raise FormatError(f"unknown format {fmt!r}; import formats: {', '.join(FORMATS_IN)}")
     if not Path(path).is_file():
         raise MissingError(f"{path}: no such file to import")
     if fmt in ("imagereward", "hpdv2"):
         return import_ranking_json(path, out, fmt=fmt, images_root=images_root)
     if fmt == "pickapic":
         return import_pickapic(path, out)
-    raise FormatError(f"unknown import format {fmt!r}; choose from {', '.join(FORMATS_IN)}")
+    raise AssertionError(fmt)
 
 
 # ------------------------------------------------------------------ export
@@ -257,8 +259,26 @@ def _image_bytes(paths: dict[str, str], iid: str) -> bytes:
     return Path(p).read_bytes()
 
 
+_SUFFIX = {"imagereward": ".json", "pickapic": ".parquet"}  # the others write a folder
+
+
+def check_export_target(out: Path, fmt: str, overwrite: bool) -> None:
+    """Before anything is read: the format is known, a file's name says what it holds (JSON written into
+    ``x.parquet`` fooled every reader after), and nothing existing is replaced without ``overwrite``."""
+    if fmt not in FORMATS_OUT:
+        raise FormatError(f"unknown format {fmt!r}; export formats: {', '.join(FORMATS_OUT)}")
+    want = _SUFFIX.get(fmt)
+    if want and out.suffix.lower() != want:
+        raise FormatError(f"--out {out}: --format {fmt} writes a {want} file; name it {out.with_suffix(want).name}")
+    if not want and out.suffix.lower() in (".json", ".parquet", ".jsonl", ".csv"):
+        raise FormatError(f"--out {out}: --format {fmt} writes a folder (a dataset), not a {out.suffix} file")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise FormatError(f"--out {out} exists; pass --overwrite to replace it, or choose another path")
+
+
 def export_run(run_dir: Path | Run, out: Path, fmt: str, *, aspect: str = schema.OVERALL,
-               annotator: str | None = None) -> int:
+               annotator: str | None = None, overwrite: bool = False) -> int:
+    check_export_target(Path(out), fmt, overwrite)
     run = as_run(run_dir)
     if fmt == "hf-captions":  # image + caption rows (vprefer caption), not rankings
         from vprefer.caption import export_captions_hf

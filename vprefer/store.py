@@ -56,11 +56,22 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def file_mode() -> int:
+    """The mode ``open()`` would give under the umask: ``mkstemp`` makes 0600 whatever it is, and a run on shared
+    storage must be readable as the user's other files are. Read from /proc: setting it to read it races."""
+    try:
+        with open("/proc/self/status") as f:
+            return 0o666 & ~next(int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o644
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, file_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -80,6 +91,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def _write_parquet_tmp(df: pl.DataFrame | pl.LazyFrame, folder: Path) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".write.", suffix=".tmp", dir=folder)
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         if isinstance(df, pl.LazyFrame):

@@ -70,9 +70,10 @@ def export(
                                                      "or folder (hf, hf-captions)."),
     aspect: str = typer.Option(schema.OVERALL, help="Which aspect's rankings to export."),
     annotator: Optional[str] = typer.Option(None, help="Only this annotator's rankings (e.g. human)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (default: refuse)."),
 ) -> None:
     """Export rankings to an exchange format (ties preserved)."""
-    n = exchange.export_run(run_dir, out_path, fmt, aspect=aspect, annotator=annotator)
+    n = exchange.export_run(run_dir, out_path, fmt, aspect=aspect, annotator=annotator, overwrite=overwrite)
     out.print(f"exported {n} rows to {out_path}")
 
 

@@ -106,6 +106,10 @@ def eval_reward(
     from vprefer.reward import VPScore
     from vprefer.reward.evaluate import evaluate_run
 
+    from vprefer.exchange import FORMATS_IN
+
+    if fmt not in ("vprefer", *FORMATS_IN):
+        fail(f"unknown format {fmt!r}; --format is one of: vprefer, {', '.join(FORMATS_IN)}")
     if fmt == "vprefer":
         from vprefer.images import require_image_files
 

@@ -49,7 +49,7 @@ class Journal:
         self.durable = durable
         self._lock = threading.Lock()
         new = not self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides
         if new:
             fsync_dir(self.path.parent)
         elif _torn(self.path):  # a process died mid-line: end that line, or our first line would join it
