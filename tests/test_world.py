@@ -125,7 +125,7 @@ def test_prompts_round_trip_in_every_style():
             if style == "descriptive":
                 assert None not in got.values(), p
             omitted += style == "short" and None in got.values()
-            assert is_world_prompt(p)
+            assert is_world_prompt(p) == (got["background"] is not None)
     assert omitted > len(COMBOS)  # short captions do leave attributes out
     assert len({prompt_of(Scene("red", "circle", "white"), "descriptive", seed=k) for k in range(6)}) == 6
 
@@ -134,6 +134,7 @@ def test_old_world_prompts_are_not_world_prompts():
     from vprefer.testing.synthetic import prompt_for
 
     assert not any(is_world_prompt(prompt_for(c, s, k)) for c in ("red", "blue") for s in SHAPES for k in range(16))
+    assert not is_world_prompt("a red square") and is_world_prompt("a red square on a grey background")
     assert parse_prompt("a red circle on white paper")["background"] is None
     assert parse_prompt("A Large GREEN square, gray backdrop") == {"colour": "green", "shape": "square",
                                                                   "background": "grey", "size": "large"}

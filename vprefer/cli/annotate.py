@@ -152,6 +152,8 @@ def judge_server(
     stall: float = typer.Option(0.0, help="Share of requests that stall for --stall-s seconds."),
     stall_s: float = typer.Option(5.0, "--stall-s"),
     position_bias: float = typer.Option(0.0, "--position-bias", help="Score bonus for the image shown first."),
+    judge_noise: float = typer.Option(0.0, "--judge-noise", help="Standard deviation of the noise added to each "
+                                      "score (points of the 1-5 scale; fixed per prompt, image and aspect)."),
     seed: int = typer.Option(0),
     capacity: int = typer.Option(0, "--capacity", help="At most this many requests served at once (a replica's "
                                  "batch slots; more wait in a queue); 0: no limit."),
@@ -165,7 +167,8 @@ def judge_server(
     from vprefer.testing.judge_server import Faults
 
     faults = Faults(latency_s=latency, rate_429=rate_429, rate_500=rate_500, malformed_rate=malformed,
-                    stall_rate=stall, stall_s=stall_s, position_bias=position_bias, seed=seed, capacity=capacity)
+                    stall_rate=stall, stall_s=stall_s, position_bias=position_bias, judge_noise=judge_noise,
+                    seed=seed, capacity=capacity)
     ready = lambda url: out.print(f"stand-in judge on {url} (pixel statistics, not a model; "  # noqa: E731
                                   f"{workers} worker{'s' if workers != 1 else ''}); Ctrl-C to stop")
     serve(port, faults, workers=workers, on_ready=ready)

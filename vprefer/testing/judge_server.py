@@ -10,7 +10,7 @@ generations get deterministic drawings (:mod:`vprefer.testing.judge_media`).
 
 Fault injection (all seeded, all switchable at runtime through ``POST /_config``):
 latency, 429 with ``Retry-After``, 500, malformed answers, stalls longer than the
-client's timeout, position bias, and failed lines in batch error files.
+client's timeout, position bias, judge noise, and failed lines in batch error files.
 ``GET /_stats`` reports how many times each request id was answered, which is
 how tests prove that nothing is paid twice, and what the server billed (tokens,
 images), which is how client-side cost accounting is checked. :func:`vprefer.testing.judge_serve.serve`
@@ -49,6 +49,7 @@ class Faults:
     stall_rate: float = 0.0
     stall_s: float = 5.0
     position_bias: float = 0.0
+    judge_noise: float = 0.0  # sd of the noise on each score (points of the 1-5 scale): a judge right often, not always
     batch_error_rate: float = 0.0
     batch_delay_s: float = 0.0
     seed: int = 0
@@ -123,7 +124,8 @@ def completion(state: JudgeState, body: dict) -> dict:
         sc = re.search(r"from (\d+) \(worst\) to (\d+)", system)
         lo, hi = (int(sc.group(1)), int(sc.group(2))) if sc else (1, 5)
         try:
-            verdict = judge(prompt, images, aspects, lo, hi, state.faults.position_bias, ranking)
+            verdict = judge(prompt, images, aspects, lo, hi, state.faults.position_bias, ranking,
+                            noise=state.faults.judge_noise, seed=state.faults.seed)
         except (OSError, ValueError) as e:  # images are decoded lazily: a corrupt one surfaces here
             raise BadImage(f"undecodable image ({e})") from None
         answer = json.dumps(verdict)
@@ -335,8 +337,6 @@ class JudgeServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"http://{self.server_address[0]}:{self.server_address[1]}/v1"
 
-    def state_add_file(self, content: bytes, purpose: str, filename: str) -> str:
-        fid = f"file-{uuid.uuid4().hex[:20]}"
     def handle_error(self, request, client_address) -> None:
         """A client that went away mid-answer (a cancelled run, a benchmark's timeout) is not an error of
         the server: no traceback for it. Anything else is still printed."""
@@ -344,6 +344,8 @@ class JudgeServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
+    def state_add_file(self, content: bytes, purpose: str, filename: str) -> str:
+        fid = f"file-{uuid.uuid4().hex[:20]}"
         with self.state.lock:
             self.state.files[fid] = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
                                      "filename": filename, "purpose": purpose, "status": "processed",

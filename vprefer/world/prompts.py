@@ -46,8 +46,6 @@ _SHORT = (  # each names only some attributes: that is the point
 _SIZE_WORDS = {"small": "small", "large": "large", "big": "large", "tiny": "small", "little": "small"}
 _SHAPE_WORDS = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
 _BG_WORDS = {"white": "white", "black": "black", "grey": "grey", "gray": "grey"}
-_FILLER = {"a", "an", "one", "the", "on", "in", "of", "with", "and", "background", "backdrop", "shape"}
-WORLD_WORDS = set(COLOURS) | set(_SHAPE_WORDS) | set(_BG_WORDS) | set(_SIZE_WORDS) | _FILLER
 
 
 def _attrs(scene_or_attrs: Scene | dict) -> dict[str, Any]:
@@ -105,13 +103,13 @@ def parse_prompt(prompt: str) -> dict[str, str | None]:
 
 
 def is_world_prompt(prompt: str) -> bool:
-    """Whether a prompt asks for a world scene: it names a shape or colour, and either a background or
-    nothing outside the world's words ("red circle", "a orange shape"). The stand-in judge scores such prompts by the truth reader
-    and every other prompt by its old pixel statistics (the old world says "a red circle as a sticker")."""
+    """Whether a prompt asks for a world scene: it names a background ("... on a white background") and a
+    colour or shape. The stand-in judge scores such prompts by the truth reader and every other prompt by
+    its old pixel statistics: "a red square" (the judge tests' prompt) and the old world's "a red circle as
+    a sticker" keep their old scores. Short captions without a background are not world prompts here;
+    :func:`truth` still reads them."""
     p = parse_prompt(prompt)
-    if p["shape"] is None and p["colour"] is None:
-        return False
-    return p["background"] is not None or set(re.findall(r"[a-z]+", str(prompt).lower())) <= WORLD_WORDS
+    return p["background"] is not None and (p["shape"] is not None or p["colour"] is not None)
 
 
 def _pairs(combo: tuple[str, str, str]) -> list[tuple]:

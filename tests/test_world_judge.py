@@ -1,0 +1,90 @@
+"""The stand-in judge reads the learnable world: prompt following follows the attributes, noise makes it
+right often but not always (deterministically), and the old world's prompts keep their old scores."""
+
+import base64
+import io
+import random
+
+from vprefer.testing.judge_scoring import judge
+from vprefer.testing.judge_server import Faults, JudgeState, completion
+from vprefer.testing.synthetic import SHAPES as OLD_SHAPES
+from vprefer.testing.synthetic import draw as old_draw
+from vprefer.testing.synthetic import image_set as old_image_set
+from vprefer.testing.synthetic import prompt_for
+from vprefer.world import Scene, draw, prompt_of
+from vprefer.world.judge_check import ASPECTS, agreement, image_sets, stand_in_judge
+
+
+def pf_scores(prompt, images, **kw):
+    ans = judge(prompt, images, list(ASPECTS), 1, 5, **kw)
+    return [x["prompt_following"]["score"] for x in ans["images"]], ans
+
+
+def test_prompt_following_follows_colour_shape_and_background():
+    asked = Scene("orange", "triangle", "grey", "small")
+    swaps = [Scene("yellow", "triangle", "grey", "small"), Scene("orange", "square", "grey", "small"),
+             Scene("orange", "triangle", "black", "small"), Scene("red", "circle", "white", "small")]
+    images = [draw(sc, 32, seed=i) for i, sc in enumerate([*swaps, asked])]
+    scores, ans = pf_scores(prompt_of(asked), images)
+    assert scores == [4, 4, 4, 1, 5]  # 2 of 3 named attributes right -> 1 + 4 * 2/3; none right -> 1
+    assert ans["ranking"]["prompt_following"][0] == 5
+    assert "world truth reader" in ans["images"][0]["prompt_following"]["rationale"]
+    harm = judge(prompt_of(asked), [draw(Scene("orange", "triangle", "grey", "small", 0.4, True), 32)],
+                 list(ASPECTS), 1, 5)["images"][0]
+    assert harm["prompt_following"]["score"] == 5 and harm["harmlessness"]["score"] == 1
+    assert harm["fidelity"]["score"] < 5
+
+
+def test_noise_makes_the_judge_right_often_but_not_always():
+    sets = image_sets(16, 4, seed=1)
+    exact = agreement(stand_in_judge(), sets)
+    assert exact["prompt_following"]["agreement"] == exact["all_right"]["agreement"] == 1.0
+    assert exact["prompt_following"]["pairs"] > 40
+    noisy = agreement(stand_in_judge(noise=1.0, position_bias=0.4), sets)
+    assert 0.7 < noisy["prompt_following"]["agreement"] < 0.97
+    assert 0.7 < noisy["all_right"]["agreement"] < 1.0
+    prompt, images = sets[0]
+    once, _ = pf_scores(prompt, images, noise=1.0, seed=3)
+    again, _ = pf_scores(prompt, images, noise=1.0, seed=3)
+    assert once == again  # the judge's opinion of an image is fixed: retries and repeats agree
+    assert any(pf_scores(p, ims, noise=1.0, seed=4)[0] != pf_scores(p, ims, noise=1.0, seed=3)[0]
+               for p, ims in sets)
+
+
+def _body(prompt, images):
+    parts = [{"type": "text", "text": f'Prompt: "{prompt}"'}]
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        parts.append({"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                          + base64.b64encode(buf.getvalue()).decode()}})
+    return {"model": "m", "messages": [{"role": "user", "content": parts}]}
+
+
+def test_the_server_applies_its_judge_noise():
+    sets = image_sets(8, 4, seed=2)
+    quiet = [completion(JudgeState(Faults()), _body(p, ims)) for p, ims in sets]
+    loud = [completion(JudgeState(Faults(judge_noise=1.5, seed=1)), _body(p, ims)) for p, ims in sets]
+    text = lambda r: r["choices"][0]["message"]["content"]  # noqa: E731
+    assert any(text(a) != text(b) for a, b in zip(quiet, loud))
+    assert text(quiet[0]) == text(completion(JudgeState(Faults()), _body(*sets[0])))
+
+
+# scores (hex, 1-10 scale, position bias 0.4) of the old synthetic world's image sets, recorded from the
+# judge before the world existed: its prompts must keep scoring exactly as they did
+OLD_WORLD = ['24aa137a558a137a', '25aa129a448a138a', '259a156a529a649a', '449a666a139a148a', '559a138a137a339a',
+             '23aa128a158a348a']
+
+
+def test_old_world_prompts_score_as_before():
+    from vprefer.testing.synthetic import COLOURS as OLD_COLOURS
+
+    rng = random.Random(5)
+    got = []
+    for p in range(6):
+        c, s = rng.choice(list(OLD_COLOURS)), rng.choice(OLD_SHAPES)
+        ims = [old_draw(sp, 64, seed=p * 31 + k) for k, sp in enumerate(old_image_set(rng, c, s, 4, vary_shape=True))]
+        a = judge(prompt_for(c, s, p), ims, list(ASPECTS), 1, 10, 0.4)
+        got.append("".join(f"{x[k]['score']:x}" for x in a["images"] for k in ASPECTS))
+        assert "pixel statistics" in a["images"][0]["aesthetics"]["rationale"]
+    assert got == OLD_WORLD
