@@ -174,3 +174,8 @@ def _dry_run(run: Run, recipe: GenerateRecipe, prompts: list, have: set) -> Gene
         else:
             res.todo += len(todo)
     return res
+
+
+from vprefer.api import callable_module  # noqa: E402  (vprefer.generate(...) calls the job)
+
+callable_module(__name__, generate)

@@ -182,3 +182,8 @@ def ingest(
         entry["bad_images"] = len(report.bad)
     report.prompts, report.images = len(prompt_rows), len(image_rows)
     return report
+
+
+from vprefer.api import callable_module  # noqa: E402  (vprefer.ingest(...) calls the job)
+
+callable_module(__name__, ingest)

@@ -66,8 +66,9 @@ def progress_note(report: Report, preset: AnnotatorPreset) -> str:
 def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = False, max_cost: float | None = None,
              limit: int | None = None, wait: bool = True, progress: bool = False,
              poll_s: float | None = None, wait_timeout_s: float | None = None,
-             results: list[Path] | None = None) -> AnnotateResult:
-    """``results``: fold these ``vllm run-batch`` output files (offline mode) and send nothing."""
+             results: list[Path] | None = None, log_every_s: float | None = None) -> AnnotateResult:
+    """``results``: fold these ``vllm run-batch`` output files (offline mode) and send nothing.
+    ``log_every_s``: without the live bar (``progress``), a plain progress line on stderr this often (logs)."""
     run = Run(run_dir)
     rubric = Rubric.load(preset.rubric)
     aspects = list(rubric.aspects)
@@ -92,6 +93,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     with run.command("annotate", recipe) as entry, ledger, _progress(progress) as bar:
         task = bar.add_task(f"annotate {preset.name}", total=len(todo), ok=0, failed=0, inflight=0, rate=0.0,
                             tokens=0, cost=0.0, servers="", note="")
+        plain = _plain(res, preset, log_every_s if not progress else None)
         try:
             if preset.mode == "online":
                 t0 = time.monotonic()
@@ -102,6 +104,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                                rate=s.done / el, tokens=s.input_tokens + s.output_tokens, cost=s.cost_usd,
                                servers=s.servers_line(),  # a pool: per-server ok/failed
                                note=progress_note(s, preset))
+                    plain()
 
                 runner = OnlineRunner(run, preset, rubric, ledger, image_uris(run), run_id=run_id, report=res,
                                       budget_usd=max_cost, on_update=update, estimator=est)
@@ -112,9 +115,9 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                 res.chunk_files, res.waiting_files = [str(p) for p in new], [str(p) for p in waiting]
             else:
                 batches = BatchRunner(run, preset, rubric, ledger, run_id=run_id, report=res,
-                                      on_update=lambda r: bar.update(task, completed=r.ok + r.invalid, ok=r.ok,
-                                                                     failed=r.invalid + r.error,
-                                                                     inflight=r.open_batches, cost=r.cost_usd))
+                                      on_update=lambda r: plain() or bar.update(
+                                          task, completed=r.ok + r.invalid, ok=r.ok, failed=r.invalid + r.error,
+                                          inflight=r.open_batches, cost=r.cost_usd))
                 by_id = {r.request_id: r for r in reqs}
                 # re-asks an earlier process paid (and died before their answer) count against the cap too
                 todo = _within_budget(todo, est, ledger, max_cost, res,
@@ -139,6 +142,7 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
                       "everything answered so far is saved)",)
             raise
         finally:
+            plain.final()
             fold(run, ledger, aspects)
             entry.update(cost_usd=res.cost_usd, ok=res.ok, invalid=res.invalid, error=res.error,
                          pending=res.todo - res.ok - res.invalid - res.error, run_id=run_id,
@@ -146,6 +150,21 @@ def annotate(run_dir: str | Path, preset: AnnotatorPreset, *, dry_run: bool = Fa
     res.spent_total_usd = ledger.spent_usd
     res.bias = position_bias(run, preset.annotator_id)
     return res
+
+
+def _plain(res: AnnotateResult, preset: AnnotatorPreset, every_s: float | None):
+    from vprefer.progress import PlainProgress, eta
+
+    def line() -> str:
+        el = time.monotonic() - res.started
+        note = progress_note(res, preset)
+        return (f"{res.done:,}/{res.todo:,} done · ok {res.ok:,} · failed {res.invalid + res.error:,}"
+                + (f" · still to send {res.pending:,}" if res.pending else "")
+                + f" · in flight {res.in_flight} · {res.done / max(el, 1e-9):.1f} req/s · ${res.cost_usd:.4f}"
+                + (f" · {res.servers_line()}" if res.servers else "") + (f" · {note}" if note else "")
+                + (f" · {eta(res.done, res.todo, el)}" if res.done < res.todo else ""))
+
+    return PlainProgress(f"annotate {preset.name}", line, every_s=every_s)
 
 
 def _within_budget(todo: list, est: Estimator, ledger, max_cost: float | None, res: AnnotateResult, *,

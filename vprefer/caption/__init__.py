@@ -10,3 +10,8 @@ from vprefer.caption.run import caption
 from vprefer.caption.style import CaptionStyle
 
 __all__ = ["CaptionStyle", "caption", "captions_to_prompts", "export_captions_hf"]
+
+
+from vprefer.api import callable_module  # noqa: E402  (vprefer.caption(...) calls the job)
+
+callable_module(__name__, caption)

@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)  # an error is one line, never wrapped at 80 columns
 out = Console()
+for _c in (console, out):
+    if not _c.is_terminal:  # a log or a pipe: rich would assume 80 columns and cut identifiers to "local-judge:…"
+        _c.width = 100_000  # tables are as wide as their content (they do not expand)
 
 
 def fail(message: str, code: int = 1) -> None:

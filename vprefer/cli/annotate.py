@@ -51,6 +51,8 @@ def annotate(
     no_wait: bool = typer.Option(False, "--no-wait", help="Batch mode: submit and return; rerun to collect."),
     results: Optional[list[Path]] = typer.Option(None, "--results", help="Fold `vllm run-batch` output file(s) "
                                                  "of offline chunks (repeat for several); sends nothing."),
+    log_every: float = typer.Option(30.0, "--log-every", help="When stderr is not a terminal (nohup, a "
+                                    "scheduler's log): print a plain progress line every this many seconds."),
 ) -> None:
     """Score every image set with an MLLM judge. Resumable: rerun the same command after any crash."""
     urls = [u.strip() for u in base_url.split(",") if u.strip()] if base_url and "," in base_url else None
@@ -58,7 +60,7 @@ def annotate(
                      concurrency=concurrency, permutations=permutations)
     try:
         res = annotate_api(run_dir, preset, dry_run=dry_run, max_cost=max_cost, limit=limit, wait=not no_wait,
-                           progress=sys.stderr.isatty(), results=results or None)
+                           progress=sys.stderr.isatty(), results=results or None, log_every_s=log_every)
     except FatalAPIError as e:  # its message ends with what this run came to
         fail(str(e))
     t = Table("", "value", title=f"annotate {preset.annotator_id} ({preset.mode})")

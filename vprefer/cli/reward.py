@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional
@@ -32,6 +34,7 @@ def train_reward(
     Runs on one CPU or GPU as is; `accelerate launch -m vprefer train-reward ...` runs it on several GPUs.
     """
     from vprefer.dist import state
+    from vprefer.progress import no_bars_without_a_terminal
     from vprefer.reward.recipe import RewardRecipe
     from vprefer.reward.train import train_reward as train_api
 
@@ -47,6 +50,7 @@ def train_reward(
     runs = [d.strip() for d in data.split(",")]
     for d in runs:
         as_run(d)  # a wrong --data fails in one line before any model is built or OUT is made
+    no_bars_without_a_terminal()
     main = state()
     with main.main_process_first():  # several processes: the stand-in backbone is built once
         ensure_backbone(r)
@@ -165,16 +169,24 @@ def score(
     images: Optional[List[Path]] = typer.Argument(None, help="Image files (with --prompt)."),
     run_dir: Optional[Path] = typer.Option(None, "--run", help="Score every image of a run into its 'scores' table."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt for the ad-hoc IMAGE files."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images scored per forward pass."),
+    fmt: str = typer.Option("table", "--format", help="table (for people) | json | csv (for scripts: the scores "
+                            "on stdout; with --run, one row per image and aspect)."),
 ) -> None:
     """Score images: a whole run (writes the 'scores' table) or ad-hoc files with --prompt."""
     from vprefer.reward import VPScore
     from vprefer.reward.scoring import score_run
 
+    if fmt not in ("table", "json", "csv"):
+        fail(f"unknown format {fmt!r}; --format is one of: table, json, csv")
     if (run_dir is None) == (prompt is None):
         fail("give either --run RUN, or --prompt TEXT with image files")
     if run_dir is not None:
         r = score_run(model, run_dir, batch_size=batch_size)
+        if fmt != "table":
+            rows = r.scores.select("image_id", "prompt_id", "aspect", "score")
+            sys.stdout.write(rows.write_csv() if fmt == "csv" else json.dumps(rows.to_dicts(), indent=1) + "\n")
+            return
         out.print(f"scored {r.images:,} images x {len(r.aspects)} aspects into {run_dir}/tables/scores")
         return
     if not images:
@@ -183,7 +195,16 @@ def score(
     if missing:
         fail(f"{missing[0]}: no such image file")
     rm = VPScore.from_pretrained(model)
-    s = rm.score([prompt] * len(images), [str(p) for p in images], batch_size=batch_size)
+    s = rm.score(prompt, [str(p) for p in images], batch_size=batch_size)
+    if fmt != "table":
+        rows = [{"image": str(p), **{a: float(s[a][k]) for a in rm.aspects}} for k, p in enumerate(images)]
+        if fmt == "json":
+            sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        else:
+            w = csv.DictWriter(sys.stdout, fieldnames=["image", *rm.aspects], lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        return
     t = Table("image", *rm.aspects, title="VP-Score (0 = average training image, +1 = one std better)")
     for k, p in enumerate(images):
         t.add_row(str(p), *[f"{s[a][k]:+.3f}" for a in rm.aspects])

@@ -163,10 +163,20 @@ class VPScore(nn.Module):
 
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
-    def score(self, prompts: Sequence[str], images: Sequence[Image.Image | str | Path], aspects: Sequence[str] | None = None,
-              batch_size: int = 32, normalize: bool = True, workers: int | None = None) -> dict[str, list[float]]:
+    def score(self, prompts: str | Sequence[str], images: Image.Image | str | Path | Sequence[Image.Image | str | Path],
+              aspects: Sequence[str] | None = None, batch_size: int = 32, normalize: bool = True,
+              workers: int | None = None) -> dict[str, list[float]]:
         """Scores for (prompt, image) pairs, batched; ``{aspect: [score, ...]}``. Images are prepared by
-        :meth:`pixel_batches` in ``workers`` threads while the model scores the batch before."""
+        :meth:`pixel_batches` in ``workers`` threads while the model scores the batch before.
+
+        One prompt (a string, or a list of one) scores every image against it, as ImageReward's
+        ``score(prompt, images)`` and HPSv2's ``score(images, prompt)`` do: a string used to be read as a
+        list of its characters."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if len(prompts) == 1 and len(images) > 1:
+            prompts = prompts * len(images)
         if len(prompts) != len(images):
             raise InputError(f"{len(prompts)} prompts but {len(images)} images")
         aspects = list(aspects or self.aspects)
@@ -220,7 +230,7 @@ class VPScore(nn.Module):
         finally:  # also when the caller stops early: slices of the batch ahead not started yet are dropped
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor, aspects: Sequence[str] | None = None,
+    def score_pixels(self, prompts: str | Sequence[str], pixels: torch.Tensor, aspects: Sequence[str] | None = None,
                      normalize: bool = True) -> torch.Tensor:
         """Differentiable scores for a pixel tensor (B, 3, H, W) in [0, 1]; returns (B, len(aspects)).
 
@@ -228,6 +238,8 @@ class VPScore(nn.Module):
         gradients flow back to ``pixels`` — what ReFL needs.
         """
         aspects = list(aspects or self.aspects)
+        if isinstance(prompts, str):  # one prompt for the whole batch
+            prompts = [prompts] * pixels.shape[0]
         x = F.interpolate(pixels.float(), size=self.pixel_size, mode="bicubic", align_corners=False, antialias=True)
         x = (x - self.pixel_mean) / self.pixel_std
         dtype = next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +34,8 @@ def training_config(recipe: RewardRecipe, out: Path, has_val: bool) -> VPScoreCo
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, report_to=["tensorboard"],
         eval_strategy="steps" if has_val and t.eval_steps else "no", eval_steps=t.eval_steps,
         remove_unused_columns=False, dataloader_num_workers=t.num_workers,
-        disable_tqdm=os.environ.get("TQDM_DISABLE", "") in ("1", "true", "True"),  # tqdm's own switch, honoured
+        # tqdm's own switch, honoured; and no \r-redrawn bar in a log (the Trainer prints plain log lines instead)
+        disable_tqdm=os.environ.get("TQDM_DISABLE", "") in ("1", "true", "True") or not sys.stderr.isatty(),
         tie_mode=recipe.loss.ties, use_pair_weights=recipe.loss.use_pair_weights,
         aspect_weights=recipe.loss.aspect_weights)
 
