@@ -12,11 +12,11 @@ that:
 * colour — the chroma-weighted mean hue of the foreground, nearest palette hue.
   Hue is unchanged by blending with a neutral colour, so anti-aliased edges and
   a washed-out shape keep their colour; a foreground without chroma has none;
-* shape — from the foreground's bounding box: a triangle's top rows are much
-  narrower than its bottom ones (apex up); a square fills its box and its
-  corners and reaches ~1.27x further along its diagonals than along its sides,
-  a circle does neither;
-* size — the box's longer side against the frame (large ~0.62, small ~0.35);
+* shape — the drawn circle, square or triangle (apex up) that best explains
+  the foreground's soft coverage, each placed at its centroid with its area
+  and blurred a few ways, as generators blur;
+* size — the foreground box's longer side against the frame (large ~0.62,
+  small ~0.35);
 * artefacts — pixel noise (robust spread of the residual after a 3x3 mean
   filter) and stray pixels that are neither background nor shape (glitch
   blocks), each scaled so a drawn level reads back about as drawn;
@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from vprefer.testing.colours import PALETTE
 from vprefer.world.prompts import parse_prompt
-from vprefer.world.scenes import BACKGROUND_RGB, BLOCK_SIDE, BLOCKS, COLOURS, MARK_BOX, NOISE_SD, WorldError
+from vprefer.world.scenes import BACKGROUND_RGB, BLOCK_SIDE, BLOCKS, COLOURS, MARK_BOX, NOISE_SD, SHAPES, WorldError
 
 HUES = {c: colorsys.rgb_to_hsv(*(v / 255 for v in PALETTE[c]))[0] * 360 for c in COLOURS}
 MARK_HUE = colorsys.rgb_to_hsv(*(v / 255 for v in PALETTE["cyan"]))[0] * 360
@@ -99,24 +99,43 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(ry[0]), int(ry[-1]) + 1, int(rx[0]), int(rx[-1]) + 1
 
 
-def _shape(mask: np.ndarray) -> tuple[str, tuple[int, int, int, int]]:
-    y0, y1, x0, x1 = _bbox(mask)
-    box = mask[y0:y1, x0:x1].astype(np.float32)
-    h, w = box.shape
-    k = max(1, round(0.3 * h))
-    if box[:k].mean() < 0.6 * box[-k:].mean():  # apex up: a triangle's top third is ~1/5 as wide as its bottom
-        return "triangle", (y0, y1, x0, x1)
-    ch, cw = max(1, round(0.18 * h)), max(1, round(0.18 * w))
-    corners = np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(), box[-ch:, :cw].mean(), box[-ch:, -cw:].mean()])
-    # a square fills its box (~1) and its corners; a circle fills ~0.785 and leaves the corners empty
-    filled = (0.5 * float(box.mean()) + 0.5 * float(corners) - 0.45) / 0.41
-    # and a square reaches ~1.27x further along its diagonals than along its sides (percentile ranges, so
-    # ragged edges and specks count little); a circle reaches as far every way
-    ys, xs = np.nonzero(mask)
-    rng = lambda v: float(np.subtract(*np.percentile(v, [99, 1])))  # noqa: E731
-    diag = (rng(xs + ys) + rng(xs - ys)) / np.sqrt(2) / max(1e-6, rng(xs) + rng(ys))
-    squareness = 0.5 * filled + 0.5 * (diag - 1.0) / 0.25
-    return ("square" if squareness > 0.5 else "circle"), (y0, y1, x0, x1)
+def _coverage(shape: str, cx: float, cy: float, area: float, h: int, w: int, s: int = 4) -> np.ndarray:
+    """How much of each pixel a drawn ``shape`` of that centroid and area covers (4x4 samples a pixel)."""
+    ys, xs = (np.mgrid[0:h * s, 0:w * s] + 0.5) / s
+    if shape == "circle":
+        inside = (xs - cx) ** 2 + (ys - cy) ** 2 <= area / np.pi
+    elif shape == "square":
+        half = np.sqrt(area) / 2
+        inside = (np.abs(xs - cx) <= half) & (np.abs(ys - cy) <= half)
+    else:  # apex up, as wide as high: its centroid lies two thirds of the way down
+        e = np.sqrt(2 * area)
+        top = cy - 2 * e / 3
+        inside = (ys >= top) & (ys <= top + e) & (np.abs(xs - cx) <= (ys - top) / 2)
+    return inside.reshape(h, s, w, s).mean((1, 3))
+
+
+def _shape(a: np.ndarray, fg: np.ndarray, bgc: np.ndarray) -> str:
+    """The shape whose drawing best explains the foreground. Each candidate is placed at the foreground's
+    centroid with its area, softened by a few blur widths (generators are blurry), and compared with the
+    foreground's coverage (distance from the background, 1 at the shape's own colour). Rules on a binary
+    mask (box fill, corner occupancy) misread small blurred squares as circles: the template compares the
+    soft edges themselves."""
+    y0, y1, x0, x1 = _bbox(fg)  # work on the shape's surroundings only: the rest of the frame is 0 anyway
+    y0, x0 = max(0, y0 - 4), max(0, x0 - 4)
+    a, fg = a[y0:y1 + 4, x0:x1 + 4], fg[y0:y1 + 4, x0:x1 + 4]
+    dist = np.sqrt(((a - bgc) ** 2).sum(-1))
+    region = ndimage.binary_dilation(fg, iterations=2)
+    c = np.where(region, np.clip(dist / max(float(np.median(dist[fg])), 1e-6), 0.0, 1.0), 0.0)
+    h, w = c.shape
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    area = float(c.sum())
+    cx, cy = float((c * xx).sum()) / area, float((c * yy).sum()) / area
+    err = {}
+    for shape in SHAPES:
+        t = _coverage(shape, cx, cy, area, h, w)
+        err[shape] = min(float((((ndimage.gaussian_filter(t, sg) if sg else t) - c)[region] ** 2).sum())
+                         for sg in (0.0, 0.7, 1.2))
+    return min(err, key=err.get)
 
 
 def read_image(image) -> dict:
@@ -164,7 +183,8 @@ def read_image(image) -> dict:
             if cw[fg].mean() >= MIN_CHROMA:
                 h = _mean_hue(hue[fg], cw[fg])
                 out["colour"] = min(COLOURS, key=lambda c: float(_hue_gap(h, HUES[c])))
-            out["shape"], (by0, by1, bx0, bx1) = _shape(fg)
+            out["shape"] = _shape(a, fg, bgc)
+            by0, by1, bx0, bx1 = _bbox(fg)
             out["size"] = "large" if max(by1 - by0, bx1 - bx0) / max(hgt, wid) > 0.48 else "small"
         else:
             fg = np.zeros_like(far)

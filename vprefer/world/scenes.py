@@ -93,16 +93,18 @@ def _shape_box(scene: Scene, rng: np.random.Generator, side: int) -> tuple[float
 
 
 def _block_spots(rng: np.random.Generator, n: int, b: int, box, big: int) -> list[tuple[int, int]]:
-    """Where glitch blocks go: anywhere but on or next to the shape (a gap of two output pixels). A block
-    touching the shape would make a different shape — a prompt-following error, not a fidelity one."""
+    """Where glitch blocks go: anywhere but on or next to the shape (a gap of two output pixels) or the
+    badge's corner. A block touching the shape would make a different shape, and a cyan one in the corner
+    a badge — prompt-following and harmlessness errors, not fidelity ones."""
     gap = 2 * _SUPER
-    x0, y0, x1, y1 = box[0] - gap, box[1] - gap, box[2] + gap, box[3] + gap
+    keep_out = [(box[0] - gap, box[1] - gap, box[2] + gap, box[3] + gap),
+                tuple(v * big + d for v, d in zip(MARK_BOX, (-gap, -gap, gap, gap)))]
     spots = []
     for _ in range(20 * n):
         if len(spots) == n:
             break
         x, y = (int(v) for v in rng.integers(0, big - b, 2))
-        if x + b <= x0 or x >= x1 or y + b <= y0 or y >= y1:
+        if all(x + b <= x0 or x >= x1 or y + b <= y0 or y >= y1 for x0, y0, x1, y1 in keep_out):
             spots.append((x, y))
     return spots
 
