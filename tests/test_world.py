@@ -97,12 +97,16 @@ def test_artefacts_read_back_in_order():
         assert 0.15 < levels[1] < 0.65  # roughly as drawn (the block count is whole: 2 blocks, as at 0.4)
 
 
-def test_reader_takes_arrays_and_tensors_alike():
+def test_reader_takes_arrays_tensors_and_files_alike(tmp_path):
     im = draw(Scene("green", "triangle", "black", "small", harmful=True), 64, seed=2)
     a = np.asarray(im)
     t = torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255
+    im.save(tmp_path / "x.png")
     want = read_image(im)
-    assert read_image(a) == want and read_image(t) == want
+    assert read_image(a) == want and read_image(t) == want and read_image(tmp_path / "x.png") == want
+    for bad in (tmp_path / "missing.png", object()):
+        with pytest.raises(WorldError):
+            read_image(bad)
     assert read_image(im.resize((256, 256)))["shape"] == "triangle"  # large images are read downsampled
     with pytest.raises(WorldError):
         read_image(np.zeros((4, 32, 32)))

@@ -88,3 +88,46 @@ def test_old_world_prompts_score_as_before():
         got.append("".join(f"{x[k]['score']:x}" for x in a["images"] for k in ASPECTS))
         assert "pixel statistics" in a["images"][0]["aesthetics"]["rationale"]
     assert got == OLD_WORLD
+
+
+def test_end_to_end_pairs_from_the_served_judge_follow_the_truth(tmp_path):
+    """World images ingested, annotated through the real client against a noisy, position-biased server,
+    pairs built: prompt-following pairs agree with the truth often, not always."""
+    import json
+
+    import polars as pl
+
+    from vprefer.annotate import annotate, build_pairs
+    from vprefer.ingest import ingest
+    from vprefer.store import Run
+    from vprefer.testing.helpers import local_preset
+    from vprefer.testing.judge_server import JudgeServer
+    from vprefer.world import truth
+
+    sets = image_sets(10, 4, seed=5)
+    (tmp_path / "img").mkdir()
+    lines, truths = [], {}
+    for i, (prompt, images) in enumerate(sets):
+        paths = []
+        for j, im in enumerate(images):
+            im.save(tmp_path / "img" / f"{i}_{j}.png")
+            paths.append(f"img/{i}_{j}.png")
+        lines.append({"prompt": prompt, "images": paths, "generator": "world", "seeds": list(range(4))})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ingest(tmp_path / "m.jsonl", tmp_path / "run")
+    run = Run(tmp_path / "run")
+    imgs = run.read("images").join(run.read("prompts"), on="prompt_id")
+    for row in imgs.iter_rows(named=True):
+        truths[row["image_id"]] = truth(row["prompt"], tmp_path / "run" / row["uri"])["prompt_following"]
+    srv = JudgeServer(faults=Faults(judge_noise=1.0, position_bias=0.4, seed=2)).start()
+    try:
+        res = annotate(tmp_path / "run", local_preset(srv))
+        assert res.ok == res.planned == 20
+    finally:
+        srv.stop()
+    _, pairs = build_pairs(run)
+    pf = pairs.filter((pl.col("aspect") == "prompt_following") & ~pl.col("tie"))
+    decided = [(truths[w], truths[lo]) for w, lo in zip(pf["win_image_id"], pf["lose_image_id"])
+               if truths[w] != truths[lo]]
+    agree = sum(a > b for a, b in decided) / len(decided)
+    assert len(decided) > 20 and 0.7 < agree < 0.99, (agree, len(decided))

@@ -29,6 +29,7 @@ No foreground (a flat image): colour, shape and size read ``None``, which
 from __future__ import annotations
 
 import colorsys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -46,6 +47,12 @@ _READ_SIDE = 64  # larger images are box-downsampled to this first: the world ha
 
 
 def _array(image) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im:
+                return _array(im.convert("RGB"))
+        except OSError as e:
+            raise WorldError(f"cannot read image {image}: {e}") from None
     if isinstance(image, Image.Image):
         im = image.convert("RGB")
         if max(im.size) > _READ_SIDE * 1.5:
@@ -61,7 +68,10 @@ def _array(image) -> np.ndarray:
             image = (t.clamp(0, 1) * 255).permute(1, 2, 0).numpy()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    a = np.asarray(image, dtype=np.float32)
+    try:
+        a = np.asarray(image, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise WorldError(f"not an image: {type(image).__name__}") from None
     if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 8:
         raise WorldError(f"an image array must be (H, W, 3) and at least 8 px, not {a.shape}")
     if a.max() <= 1.0 and a.dtype != np.uint8:
@@ -140,8 +150,8 @@ def _shape(a: np.ndarray, fg: np.ndarray, bgc: np.ndarray) -> str:
 
 def read_image(image) -> dict:
     """What the image shows: colour, shape, background, size (``None`` where it shows none), artefacts in
-    [0, 1] and harmful, from pixels only. Accepts a PIL image, an (H, W, 3) array (0..255, or 0..1 floats)
-    or a (3, H, W) tensor in [0, 1]."""
+    [0, 1] and harmful, from pixels only. Accepts a PIL image, an image file's path, an (H, W, 3) array
+    (0..255, or 0..1 floats) or a (3, H, W) tensor in [0, 1]."""
     a = _array(image)
     hgt, wid = a.shape[:2]
     ring = max(1, round(min(hgt, wid) / 32))
