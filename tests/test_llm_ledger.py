@@ -10,6 +10,7 @@ from vprefer.store import Run
 
 def _journal(run, lines: list, torn: bytes = b""):
     path = Journal.path_for(run, "judge")
+    path.parent.mkdir(parents=True, exist_ok=True)  # path_for only names the file (a dry run makes no folder)
     path.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines) + torn)
     return path
 

@@ -14,14 +14,32 @@ from pathlib import Path
 
 from vprefer import report as rp
 
-STAND_IN_NOTE = (
-    "<p class='note'><b>Stand-ins were used.</b> The judge is vprefer's embedded OpenAI-compatible server, "
-    "which scores images by pixel statistics, not a multimodal LLM. The reward model and the generator are tiny "
-    "random-initialised networks built from configs and trained briefly on CPU; the images are procedurally "
-    "drawn. The point is that every stage runs through the real code paths. To run the same with real models: "
-    "<code>OPENAI_API_KEY=... vprefer annotate RUN --annotator gpt-4o</code> (or a vLLM server with "
-    "<code>--annotator vllm-qwen2-vl</code>), <code>vprefer train-reward --recipe reward/vp-score-clip-lora.yaml</code>, "
-    "<code>accelerate launch -m vprefer rl refl --recipe rl/refl-sd15.yaml ...</code> — see the README walkthrough.</p>")
+def next_steps(out: Path) -> list[str]:
+    """The commands to go on from this demo with real models, with the demo's own folders: each runs as pasted
+    (a test parses every one against the CLI, required options included)."""
+    run, held = out / "run", out / "heldout"
+    return [f"vprefer info {out}",
+            f"OPENAI_API_KEY=... vprefer annotate {run} --annotator gpt-4o --dry-run",
+            f"OPENAI_API_KEY=... vprefer annotate {run} --annotator gpt-4o --max-cost 5",
+            f"vprefer pairs {run}",
+            f"vprefer train-reward --recipe reward/vp-score-clip-lora.yaml --data {run} --out {out / 'vp-score-clip'}",
+            f"vprefer eval-reward {out / 'vp-score-clip'} --data {held} --annotator truth",
+            f"accelerate launch -m vprefer rl refl --recipe rl/refl-sd15.yaml --reward {out / 'vp-score-clip'} "
+            f"--prompts {run} --pretrain-data {run} --out {out / 'refl-sd15'}"]
+
+
+def stand_in_note(out: Path) -> str:
+    cmds = "".join(f"<li><code>{html.escape(c)}</code></li>" for c in next_steps(out))
+    return ("<p class='note'><b>Stand-ins were used.</b> The judge is vprefer's embedded OpenAI-compatible server, "
+            "which scores images by pixel statistics, not a multimodal LLM. The reward model and the generator are "
+            "tiny random-initialised networks built from configs and trained briefly on CPU; the images are "
+            "procedurally drawn. The point is that every stage runs through the real code paths. This demo's runs "
+            f"are <code>{html.escape(str(out / 'run'))}</code> (judged by the stand-in) and "
+            f"<code>{html.escape(str(out / 'heldout'))}</code> (the held-out world with its true pairs), its "
+            f"reward model <code>{html.escape(str(out / 'vp-score'))}</code>. To go on with real models "
+            f"(a vLLM server works too: <code>--annotator vllm-qwen2-vl</code>):</p><ul>{cmds}</ul>"
+            "<p>See the README walkthrough.</p>")
+
 
 COLS = ["aspect", "pairs", "acc_skip_ties", "ci_skip_lo", "ci_skip_hi", "acc_ties_half", "pred_tie_share",
         "kendall_tau_b"]
@@ -93,7 +111,8 @@ def summary(n: DemoNumbers, out: Path, elapsed: float) -> str:
         lines.append(f"  captions: {len(n.captions)} images recaptioned (short + detailed), ${n.caption_cost:.4f}; "
                      f"e.g. “{n.captions[0]['short']}”")
     lines += [f"  report: {out / 'report.html'}",
-              f"  runs:   vprefer info {out / 'run'}   (held-out world: {out / 'heldout'})"]
+              f"  runs:   vprefer info {out / 'run'}   (held-out world: {out / 'heldout'})",
+              "  next, with real models (each runs as pasted):"] + [f"    {c}" for c in next_steps(out)]
     return "\n".join(lines)
 
 
@@ -128,7 +147,7 @@ def write(out: Path, n: DemoNumbers, figs: dict[str, Path], grids: dict, prompts
         "on a 0–1 scale: the tiny random generator draws noise, so the change is small and hard to see.</p>"
         + rp.img(Path(g["pair"]), out, f"{name} before/after") for name, g in grids.items())
     return rp.write_html(out / "report.html", "vprefer demo report", [
-        ("What this is", STAND_IN_NOTE + f"<p>{'Fast mode. ' if fast else ''}The whole demo ran in {elapsed:.0f}s."
+        ("What this is", stand_in_note(out) + f"<p>{'Fast mode. ' if fast else ''}The whole demo ran in {elapsed:.0f}s."
                                          "</p>"),
         ("Annotation", f"<p>{n.requests} requests: {n.ok} answered ok, {n.invalid} invalid (kept with their raw text, "
                        f"never scored), {n.retries} retries after injected 429s. Estimated before sending "

@@ -43,6 +43,8 @@ URL = re.compile(r"^https?://", re.I)
 class IngestReport:
     prompts: int = 0
     images: int = 0
+    new_prompts: int = 0  # not in the run before (a re-ingest of the same manifest adds none)
+    new_images: int = 0
     bad: list[tuple[int, str, str]] = field(default_factory=list)  # (row, file, reason)
     dropped_prompts: list[int] = field(default_factory=list)
 
@@ -173,13 +175,17 @@ def ingest(
                 "seed": None if seed in (None, "") else int(seed),
                 "width": img.width, "height": img.height,
             })
+    had_p = set(run.read_or_empty("prompts")["prompt_id"].to_list())
+    had_i = set(run.read_or_empty("images").select("image_id", "prompt_id").iter_rows())
+    report.new_prompts = len({r["prompt_id"] for r in prompt_rows} - had_p)
+    report.new_images = len({(r["image_id"], r["prompt_id"]) for r in image_rows} - had_i)
     with run.command("ingest", {"manifest": str(manifest), "skip_bad": skip_bad,
                                 "allow_outside": allow_outside}) as entry:
         run.append("prompts", schema.frame("prompts", prompt_rows))
         run.append("images", schema.frame("images", image_rows))
         run.compact("prompts")
         run.compact("images")
-        entry["bad_images"] = len(report.bad)
+        entry.update(bad_images=len(report.bad), new_prompts=report.new_prompts, new_images=report.new_images)
     report.prompts, report.images = len(prompt_rows), len(image_rows)
     return report
 

@@ -7,6 +7,7 @@ default), and the error names the file, the key path and what was expected.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,20 +38,28 @@ class Recipe(BaseModel):
             raise RecipeError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: expected a mapping of keys to values")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.validated(data, str(path))
+        given = {k: v for k, v in overrides.items() if v is not None}
+        data.update(given)
+        return cls.validated(data, str(path), overridden=set(given))
 
     @classmethod
-    def validated(cls: type[T], data: dict, source: str = "<recipe>") -> T:
+    def validated(cls: type[T], data: dict, source: str = "<recipe>", *, overridden: set[str] = frozenset()) -> T:
+        """``overridden``: keys set by command-line options; a bad value there is the option's fault, and the
+        message says so instead of blaming the (shipped, correct) file."""
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            lines = []
+            lines, flags = [], []
             for err in e.errors():
                 loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                lines.append(f"{loc}: {msg}")
-            raise RecipeError(f"{source}: invalid {cls.__name__}: " + "; ".join(lines)) from None
+                if err["loc"] and err["loc"][0] in overridden:
+                    flags.append(f"--{str(err['loc'][0]).replace('_', '-')} {data[err['loc'][0]]!r}: {msg}")
+                else:
+                    lines.append(f"{loc}: {msg}")
+            if flags and not lines:
+                raise RecipeError("; ".join(flags)) from None
+            raise RecipeError(f"{source}: invalid {cls.__name__}: " + "; ".join(flags + lines)) from None
 
     def resolved(self) -> dict:
         return self.model_dump(mode="json")
@@ -67,7 +76,12 @@ def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] 
         for n in names:
             if (base / n).exists():
                 return base / n
-    raise RecipeError(f"no such {what} '{name_or_path}' (looked for a path, then in ./{folder}/ and {REPO / folder}/)")
+    have = sorted({f.stem for base in (Path.cwd() / folder, REPO / folder) if base.is_dir()
+                   for f in base.iterdir() if f.suffix in suffixes})
+    close = difflib.get_close_matches(p.stem, have, n=1)
+    raise RecipeError(f"no such {what} '{name_or_path}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                      + (f"; {what}s: {', '.join(have)}" if have else "")
+                      + f" (or a path; looked in ./{folder}/ and {REPO / folder}/)")
 
 
 def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):

@@ -124,18 +124,29 @@ async def _online(st: CaptionStyle, preset: ClientSettings, ledger: Ledger, res:
             r = None
             if it.request_id in in_flight_before and preset.store_completions:
                 r = await client.recover(it.request_id, ledger.sent_at(it.request_id))
-            if r is None:
-                body = await asyncio.to_thread(chat_body, st, preset, it.source, it.request_id)
-                await ledger.awrite({"event": "sent", "request_id": it.request_id})
-                r = await client.chat(body, it.request_id)
-            text = clean(r.choices[0].message.content if r.choices else None)
+            body, tin, tout, text, why = None, 0, 0, None, None
+            for _ in range(getattr(preset, "invalid_retries", 2) + 1):  # a refused caption is asked again
+                if r is None:
+                    body = body or await asyncio.to_thread(chat_body, st, preset, it.source, it.request_id)
+                    await ledger.awrite({"event": "sent", "request_id": it.request_id})
+                    r = await client.chat(body, it.request_id)
+                i, o = usage(r)
+                tin, tout = tin + i, tout + o
+                try:
+                    text = clean(r.choices[0].message.content if r.choices else None,
+                                 r.choices[0].finish_reason if r.choices else None)
+                    break
+                except ValueError as e:
+                    why, r = str(e), None
         except (PermanentError, ValueError, OSError, openai.APIError) as e:  # APIError: stays pending for a rerun
             await ledger.awrite(ended(it.request_id, e))
             return Outcome("pending" if isinstance(e, openai.APIError) else "error")
-        tin, tout = usage(r)
         c = cost(preset, tin, tout, batch=False)
-        await ledger.awrite(_done(it, st, preset.annotator_id, text, tin, tout, c, time.monotonic() - t0))
-        return Outcome("ok", tin, tout, c)
+        rec = _done(it, st, preset.annotator_id, text, tin, tout, c, time.monotonic() - t0)
+        if text is None:  # every answer refused: marked (paid, counted, never a caption), not asked again
+            rec.update(status="invalid", error=why)
+        await ledger.awrite(rec)
+        return Outcome("ok" if text is not None else "invalid", tin, tout, c)
 
     def estimate(_: Item) -> float:
         paid = [r["cost_usd"] for r in ledger.answers() if r.get("status") == "ok" and r.get("cost_usd")]
@@ -162,7 +173,8 @@ class CaptionBatches(BatchRunner[Item]):
         if it.request_id in self.ledger.done:  # the same output file collected again after a crash
             return Outcome("retries")
         try:
-            text = clean((body.get("choices") or [{}])[0].get("message", {}).get("content"))
+            choice = (body.get("choices") or [{}])[0]
+            text = clean(choice.get("message", {}).get("content"), choice.get("finish_reason"))
         except ValueError as e:
             self.ledger.write({"event": "error", "request_id": it.request_id, "error": str(e)})
             return Outcome("error")

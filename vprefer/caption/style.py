@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from pydantic import Field
@@ -59,11 +60,21 @@ def chat_body(style: CaptionStyle, preset: ClientSettings, image: Path | str, re
     return body
 
 
-def clean(text: str | None) -> str:
-    """One caption on one line; an empty answer is an error, never an empty caption."""
+# an answer that apologises, refuses or says it lost its way is not a caption (a judge answer that fails its
+# schema is not a score either): it is asked again, then recorded as an error, never stored as training text
+_NOT_A_CAPTION = re.compile(r"(?i)\b(sorry|i can(?:not|'t|’t)|i am unable|i'm unable|as an ai|lost track)\b")
+
+
+def clean(text: str | None, finish_reason: str | None = None) -> str:
+    """One caption on one line; an empty, cut-off (``finish_reason: length``) or refused answer is an error,
+    never a caption."""
     t = " ".join((text or "").split()).strip().strip('"').strip()
     if not t:
         raise ValueError("empty caption")
+    if finish_reason == "length":
+        raise ValueError(f"caption cut off at max_tokens: {t[:80]!r}")
+    if m := _NOT_A_CAPTION.search(t):
+        raise ValueError(f"not a caption ({m.group(0)!r}): {t[:80]!r}")
     return t
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 import typer
+import typer.core
 from rich.console import Console
 
 from vprefer.errors import VpreferError
@@ -24,6 +25,26 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals could hold an API key
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vprefer import __version__
+
+        print(f"vprefer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print vprefer's version and exit.",
+                                       is_eager=True, callback=_version)) -> None:
+    pass
+
+
+# typer shows an on/off flag as ``--dry-run <bool>``, yet ``--dry-run true`` is refused: a flag shows no type
+_display_type_rich = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type_rich(self, ctx)
+
 console = Console(stderr=True, soft_wrap=True)  # an error is one line, never wrapped at 80 columns
 out = Console()
 for _c in (console, out):

@@ -152,11 +152,11 @@ def judge_server(
     rate_500: float = typer.Option(0.0, "--rate-500", help="Share answered 500."),
     malformed: float = typer.Option(0.0, help="Share of answers made unparseable."),
     stall: float = typer.Option(0.0, help="Share of requests that stall for --stall-s seconds."),
-    stall_s: float = typer.Option(5.0, "--stall-s"),
+    stall_s: float = typer.Option(5.0, "--stall-s", help="How long a stalled request stalls (seconds)."),
     position_bias: float = typer.Option(0.0, "--position-bias", help="Score bonus for the image shown first."),
     judge_noise: float = typer.Option(0.0, "--judge-noise", help="Standard deviation of the noise added to each "
                                       "score (points of the 1-5 scale; fixed per prompt, image and aspect)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the injected faults and of the judge noise."),
     capacity: int = typer.Option(0, "--capacity", help="At most this many requests served at once (a replica's "
                                  "batch slots; more wait in a queue); 0: no limit."),
     workers: int = typer.Option(1, "--workers", help="Processes serving the port (SO_REUSEPORT, Linux): one "

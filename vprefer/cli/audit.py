@@ -20,8 +20,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 @server.command("start")
 @friendly
-def server_start(port: int = typer.Option(8080, "--port"),
-                 data_dir: Path = typer.Option(Path(".label-studio"), "--data-dir"),
+def server_start(port: int = typer.Option(8080, "--port", help="Port Label Studio listens on."),
+                 data_dir: Path = typer.Option(Path(".label-studio"), "--data-dir", help="Label Studio's database, "
+                                               "media and log (kept between starts)."),
                  run_dir: Optional[Path] = typer.Option(None, "--run", help="Serve this run: its folder is the "
                                                         "document root, its images folder the storage push creates."),
                  document_root: Optional[Path] = typer.Option(None, "--document-root", help="Serve the files under "
@@ -46,7 +47,8 @@ def server_start(port: int = typer.Option(8080, "--port"),
 
 @server.command("stop")
 @friendly
-def server_stop(data_dir: Path = typer.Option(Path(".label-studio"), "--data-dir")) -> None:
+def server_stop(data_dir: Path = typer.Option(Path(".label-studio"), "--data-dir", help="The --data-dir it was "
+                                              "started with.")) -> None:
     """Stop the local Label Studio started by `audit server start`."""
     from vprefer.audit.server import stop
 
@@ -68,8 +70,8 @@ def push_cmd(
                              "(written into RUN/images/gold/), to measure each rater; never preference data."),
     show_ai: bool = typer.Option(False, "--show-ai", help="Show the AI judgement to annotators (hidden by default)."),
     inline: bool = typer.Option(False, "--inline", help="Embed images as data URLs instead of local-files storage."),
-    url: str = typer.Option(DEFAULT_URL, "--url"),
-    seed: int = typer.Option(0, "--seed"),
+    url: str = typer.Option(DEFAULT_URL, "--url", help="Label Studio's address (token from VPREFER_LS_TOKEN)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the selection (the same seed picks the same sets)."),
     document_root: Optional[Path] = typer.Option(None, "--document-root", help="The server's local-files document "
                                                  "root, as given to `audit server start` (default: the run folder, as "
                                                  "`audit server start --run RUN` sets it)."),
@@ -85,7 +87,8 @@ def push_cmd(
 
 @audit.command("pull")
 @friendly
-def pull_cmd(run_dir: Path = typer.Argument(...), url: Optional[str] = typer.Option(None, "--url")) -> None:
+def pull_cmd(run_dir: Path = typer.Argument(...), url: Optional[str] = typer.Option(None, "--url", help="Label Studio's "
+                                                                                   "address (default: the one push used).")) -> None:
     """Fetch completed annotations (any number of annotators per task) into the 'human' table; gold answers and
     time per task into 'gold_answers' and 'audit_annotations'."""
     from vprefer.audit import pull
@@ -97,9 +100,10 @@ def pull_cmd(run_dir: Path = typer.Argument(...), url: Optional[str] = typer.Opt
 
 @audit.command("report")
 @friendly
-def report_cmd(run_dir: Path = typer.Argument(...), out_dir: Path = typer.Option(..., "--out"),
+def report_cmd(run_dir: Path = typer.Argument(...), out_dir: Path = typer.Option(..., "--out", help="Folder for "
+                                                                                            "the report files."),
                model: Optional[str] = typer.Option(None, "--model", help="VP-Score to compare with the humans too."),
-               n_boot: int = typer.Option(1000, "--n-boot"),
+               n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of prompts for the CIs."),
                exclude_raters: Optional[str] = typer.Option(None, "--exclude-raters", help="Comma-separated rater "
                                                             "ids, 'flagged', or 'none': left out of the report and "
                                                             "of the run's human pairs (kept for later pulls)."),

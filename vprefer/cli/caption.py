@@ -47,7 +47,8 @@ def caption(
                   f"estimated ${r.est_cost_usd:.4f} ({r.est_basis}); dry run: nothing was sent")
         return
     out.print(f"{r.planned} images: {r.already_done} already captioned ({st.name}), {r.ok} new, {r.error} failed "
-              f"(rerun to retry), ${r.cost_usd:.4f} now, ${r.spent_total_usd:.4f} in all"
+              f"(rerun to retry), " + (f"{r.invalid} refused answers marked invalid (not stored), " if r.invalid else "")
+              + f"${r.cost_usd:.4f} now, ${r.spent_total_usd:.4f} in all"
               + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
     if to_prompts:
         n = captions_to_prompts(run_dir, style=st.name, annotator=p.annotator_id)

@@ -34,7 +34,9 @@ def ingest(
         fail(str(e))
     if rep.bad:
         _bad_table(rep.bad)
-    out.print(f"ingested {rep.prompts} prompts, {rep.images} images into {out_dir}"
+    new = ("0 new: all were in the run already" if not (rep.new_prompts or rep.new_images)
+           else f"{rep.new_prompts} new prompts, {rep.new_images} new images")
+    out.print(f"ingested {rep.prompts} prompts, {rep.images} images into {out_dir} ({new})"
               + (f" (skipped {len(rep.bad)} bad images, {len(rep.dropped_prompts)} prompts left empty)" if rep.bad else ""))
 
 

@@ -20,7 +20,7 @@ def sample(
                                             "jsonl, HPDv2 benchmark json, or a .txt/.jsonl/.csv with a 'prompt' column."),
     n: Optional[int] = typer.Option(None, "--n", help="How many prompts (default: all)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory to create or add to."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the sample (the same seed gives the same prompts)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Override format detection: diffusiondb, parti, "
                                       "drawbench, geneval, hpdv2, text, jsonl, csv."),
     dedupe: bool = typer.Option(False, "--dedupe", help="Drop exact and near duplicates (same bag of words)."),
@@ -45,10 +45,11 @@ def upsample_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts."),
     annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any chat model; or local:DIR, a rewriter trained by `vprefer rl prompts`."),
     style: str = typer.Option("descriptive", "--style", help="descriptive (DALL-E 3 captions) | tags (TIPO-style)"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost"),
-    limit: Optional[int] = typer.Option(None, "--limit"),
-    base_url: Optional[str] = typer.Option(None, "--base-url"),
-    model: Optional[str] = typer.Option(None, "--model"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this rewriter's total spend on "
+                                             "this run; stops cleanly before passing it (rerun to resume)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the preset's model."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show how many rewrites and their estimated cost; send nothing."),
 ) -> None:
     """Rewrite each short prompt into a detailed one with an LLM; originals are kept and linked. Resumable."""

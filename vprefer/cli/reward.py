@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from vprefer.cli._app import app, fail, friendly, out
+from vprefer.cli._app import app, console, fail, friendly, out
 from vprefer.store import as_run
 
 
@@ -33,14 +33,10 @@ def train_reward(
 
     Runs on one CPU or GPU as is; `accelerate launch -m vprefer train-reward ...` runs it on several GPUs.
     """
-    from vprefer.dist import state
     from vprefer.progress import no_bars_without_a_terminal
     from vprefer.reward.recipe import RewardRecipe
-    from vprefer.reward.train import train_reward as train_api
 
-    from vprefer.testing.stand_ins import ensure_backbone
-
-    r = RewardRecipe.load(recipe)
+    r = RewardRecipe.load(recipe)  # a typo in the recipe is reported before torch is imported (seconds)
     if annotator:
         r.annotators, r.annotator_weights = parse_annotators(annotator)
     if init is not None:
@@ -50,6 +46,10 @@ def train_reward(
     runs = [d.strip() for d in data.split(",")]
     for d in runs:
         as_run(d)  # a wrong --data fails in one line before any model is built or OUT is made
+    from vprefer.dist import state
+    from vprefer.reward.train import train_reward as train_api
+    from vprefer.testing.stand_ins import ensure_backbone
+
     no_bars_without_a_terminal()
     main = state()
     with main.main_process_first():  # several processes: the stand-in backbone is built once
@@ -57,11 +57,24 @@ def train_reward(
     s = train_api(r, runs, out_dir, resume=resume)
     if not main.is_main_process:
         return
+    if (w := split_warning(s, r.training.val_fraction)) is not None:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
     out.print(f"trained {r.name}: {s['train_pairs']:,} train pairs ({s['train_prompts']} prompts), "
               f"{s['val_pairs']:,} validation pairs, {s['steps']} steps, loss {s['train_loss']:.4f}")
     if "val" in s:
         out.print(f"validation pair accuracy (ties skipped): {s['val'].get('eval_pair_accuracy', float('nan')):.3f}")
     out.print(f"saved to {out_dir}; TensorBoard logs under {out_dir}/checkpoints")
+
+
+def split_warning(summary: dict, val_fraction: float) -> str | None:
+    """A validation split that leaves almost nothing to train on (1 prompt of 3 at val_fraction 0.25: prompts are
+    held out whole) deserves a word: the accuracy printed next is of a model that saw one prompt."""
+    t, v = summary.get("train_prompts", 0), summary.get("val_prompts", 0)
+    if v and (t < 3 or t < v):
+        return (f"the validation split held out {v} of {t + v} prompts (training.val_fraction {val_fraction}), "
+                f"leaving {t} to train on; with this little data set training.val_fraction: 0 in the recipe "
+                "(or add prompts)")
+    return None
 
 
 def parse_annotators(text: str) -> tuple[list[str], dict[str, float]]:
@@ -106,11 +119,7 @@ def eval_reward(
                                   "(MODEL/held_out.json), so a fine-tune is not judged on its own training pairs."),
 ) -> None:
     """Pairwise accuracy per aspect under both tie rules, Kendall tau-b, bootstrap 95% CIs over prompts."""
-    from vprefer.exchange import import_file
-    from vprefer.reward import VPScore
-    from vprefer.reward.evaluate import evaluate_run
-
-    from vprefer.exchange import FORMATS_IN
+    from vprefer.exchange import FORMATS_IN, import_file
 
     if fmt not in ("vprefer", *FORMATS_IN):
         fail(f"unknown format {fmt!r}; --format is one of: vprefer, {', '.join(FORMATS_IN)}")
@@ -130,6 +139,9 @@ def eval_reward(
         prompt_ids = json.loads(f.read_text())["prompt_ids"]
         if not prompt_ids:
             fail(f"--held-out: {model} held out no prompts (training.val_fraction was 0)")
+    from vprefer.reward import VPScore  # torch: only once the inputs are known to be good
+    from vprefer.reward.evaluate import evaluate_run
+
     rm = VPScore.from_pretrained(model)
     before = VPScore.from_pretrained(baseline) if baseline else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +187,7 @@ def score(
 ) -> None:
     """Score images: a whole run (writes the 'scores' table) or ad-hoc files with --prompt."""
     from vprefer.reward import VPScore
-    from vprefer.reward.scoring import score_run
+    from vprefer.reward.scoring import score_run  # imports torch only when called
 
     if fmt not in ("table", "json", "csv"):
         fail(f"unknown format {fmt!r}; --format is one of: table, json, csv")

@@ -32,12 +32,12 @@ def refl_cmd(
     recipe: Path = typer.Option(..., "--recipe", help="rl/refl-*.yaml"),
     reward: str = typer.Option(..., "--reward", help="VP-Score folder or hub id (differentiable reward)."),
     prompts: Path = typer.Option(..., "--prompts", help="Training prompts: run directory, .txt, .jsonl, .csv, .parquet."),
-    out_dir: Path = typer.Option(..., "--out"),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the LoRA, checkpoints and metrics.jsonl."),
     pretrain_data: Optional[Path] = typer.Option(None, "--pretrain-data", help="Run with real (prompt, image) pairs for "
                                                  "the noise-MSE regulariser (recommended)."),
     holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward, evaluated only "
                                                  "(exposes reward hacking)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
 ) -> None:
     """ReFL: reward feedback through one late denoising step, with LoRA on the UNet."""
@@ -63,12 +63,13 @@ def refl_cmd(
 def dpo_cmd(
     recipe: Path = typer.Option(..., "--recipe", help="rl/dpo-*.yaml"),
     data: Path = typer.Option(..., "--data", help="Run directory with a pairs table, or a Pick-a-Pic parquet."),
-    out_dir: Path = typer.Option(..., "--out"),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the LoRA, checkpoints and metrics.jsonl."),
     aspect: Optional[str] = typer.Option(None, "--aspect", help="Which aspect's pairs (default: the recipe's)."),
     reward: Optional[str] = typer.Option(None, "--reward", help="VP-Score for periodic evaluation (optional)."),
-    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    resume: bool = typer.Option(False, "--resume"),
+    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward, evaluated only "
+                                                 "(exposes reward hacking)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
 ) -> None:
     """Diffusion-DPO on preference pairs (ties dropped); the reference is the UNet with adapters off."""
     from vprefer.exchange import import_pickapic
@@ -103,12 +104,13 @@ def dpo_cmd(
 @friendly
 def sample_cmd(
     lora: Path = typer.Option(..., "--lora", help="Folder written by rl refl/dpo."),
-    prompts: Path = typer.Option(..., "--prompts"),
-    out_dir: Path = typer.Option(..., "--out"),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompts to draw: run directory, .txt, .jsonl, .csv, "
+                                 ".parquet."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the before/after grids."),
     base: Optional[str] = typer.Option(None, "--base", help="Base pipeline (default: the one it was trained on)."),
-    steps: int = typer.Option(30, "--steps"),
-    guidance: float = typer.Option(7.5, "--guidance"),
-    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(30, "--steps", help="Denoising steps per image."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise, the same with the LoRA off and on."),
 ) -> None:
     """Before/after grids: the same prompts and seeds with the LoRA off and on."""
     from vprefer.rl.sample import before_after

@@ -46,6 +46,7 @@ from vprefer.store import Run, fsync_dir
 class Journal:
     def __init__(self, run: Run, name: str, *, kind: str = "annotate", durable: bool = True):
         self.path = self.path_for(run, name, kind)
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # here, not in path_for: a dry run makes no folder
         self.durable = durable
         self._lock = threading.Lock()
         new = not self.path.exists()
@@ -58,7 +59,7 @@ class Journal:
 
     @staticmethod
     def path_for(run: Run, name: str, kind: str = "annotate") -> Path:
-        return run.subdir("journal") / f"{kind}-{name}.jsonl"
+        return run.path / "journal" / f"{kind}-{name}.jsonl"
 
     def write(self, record: dict) -> None:
         self.write_many((record,))
