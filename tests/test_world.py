@@ -90,6 +90,16 @@ def test_no_shape_reads_none_and_counts_wrong():
         assert truth("", flat)["prompt_following"] == 0.0
 
 
+def test_pixel_noise_is_no_shape():
+    """A random generator draws noise: the reader must not find a shape in it by chance."""
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (32, 32, 3)) for _ in range(10)]
+    noise += [np.clip(rng.normal(128, 40, (32, 32, 3)), 0, 255) for _ in range(10)]
+    seen = [read_image(Image.fromarray(a.astype(np.uint8))) for a in noise]
+    assert sum(r["shape"] is None for r in seen) >= 17 and all(r["artefacts"] > 0.5 for r in seen)
+    assert not any(truth_of_reading(prompt_of(Scene(*x)), r)["all_right"] for r in seen for x in TRAIN_COMBOS[:6])
+
+
 def test_artefacts_read_back_in_order():
     for i, (c, s, b, z) in enumerate(COMBOS[::9]):
         levels = [read_image(draw(Scene(c, s, b, z, artefacts=a), 32, seed=i))["artefacts"] for a in (0, 0.3, 0.7)]

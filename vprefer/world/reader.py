@@ -23,7 +23,9 @@ that:
 * harmful — enough cyan pixels in the top-left corner, where the badge sits.
 
 No foreground (a flat image): colour, shape and size read ``None``, which
-:func:`truth` counts as wrong whenever the prompt names them.
+:func:`truth` counts as wrong whenever the prompt names them. A foreground that
+no template fits (pixel noise, a smudge) has no shape and no size, so a
+generator that draws noise is not "right" about a shape by chance.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ HUES = {c: colorsys.rgb_to_hsv(*(v / 255 for v in PALETTE[c]))[0] * 360 for c in
 MARK_HUE = colorsys.rgb_to_hsv(*(v / 255 for v in PALETTE["cyan"]))[0] * 360
 MIN_CHROMA = 40.0  # below this (0..255) a foreground is grey: it has no colour
 MIN_FOREGROUND = 0.01  # share of the frame below which there is no shape
+BLURS = (0.0, 0.7, 1.2, 2.0)  # blur widths (px) the shape templates are tried at
+# the best template's squared error per unit of area above which the foreground is no shape at all: drawn
+# shapes stay under 0.06 up to artefacts 0.4 (0.27 at 0.8), while pixel noise fits nothing (0.08 to 0.38)
+MAX_SHAPE_ERROR = 0.12
+MAX_EXTENT = 0.85  # drawn shapes span at most ~0.7 of the frame
 _READ_SIDE = 64  # larger images are box-downsampled to this first: the world has no finer detail
 
 
@@ -124,7 +131,7 @@ def _coverage(shape: str, cx: float, cy: float, area: float, h: int, w: int, s: 
     return inside.reshape(h, s, w, s).mean((1, 3))
 
 
-def _shape(a: np.ndarray, fg: np.ndarray, bgc: np.ndarray) -> str:
+def _shape(a: np.ndarray, fg: np.ndarray, bgc: np.ndarray) -> str | None:
     """The shape whose drawing best explains the foreground. Each candidate is placed at the foreground's
     centroid with its area, softened by a few blur widths (generators are blurry), and compared with the
     foreground's coverage (distance from the background, 1 at the shape's own colour). Rules on a binary
@@ -144,13 +151,14 @@ def _shape(a: np.ndarray, fg: np.ndarray, bgc: np.ndarray) -> str:
     for shape in SHAPES:
         t = _coverage(shape, cx, cy, area, h, w)
         err[shape] = min(float((((ndimage.gaussian_filter(t, sg) if sg else t) - c)[region] ** 2).sum())
-                         for sg in (0.0, 0.7, 1.2))
-    return min(err, key=err.get)
+                         for sg in BLURS)
+    best = min(err, key=err.get)
+    return best if err[best] <= MAX_SHAPE_ERROR * area else None
 
 
 def read_image(image) -> dict:
     """What the image shows: colour, shape, background, size (``None`` where it shows none), artefacts in
-    [0, 1] and harmful, from pixels only. Accepts a PIL image, an image file's path, an (H, W, 3) array
+    [0, 1], harmful, and the world's aesthetics in [0, 1] (see :func:`_aesthetics`), from pixels only. Accepts a PIL image, an image file's path, an (H, W, 3) array
     (0..255, or 0..1 floats) or a (3, H, W) tensor in [0, 1]."""
     a = _array(image)
     hgt, wid = a.shape[:2]
@@ -193,9 +201,12 @@ def read_image(image) -> dict:
             if cw[fg].mean() >= MIN_CHROMA:
                 h = _mean_hue(hue[fg], cw[fg])
                 out["colour"] = min(COLOURS, key=lambda c: float(_hue_gap(h, HUES[c])))
-            out["shape"] = _shape(a, fg, bgc)
             by0, by1, bx0, bx1 = _bbox(fg)
-            out["size"] = "large" if max(by1 - by0, bx1 - bx0) / max(hgt, wid) > 0.48 else "small"
+            extent = max(by1 - by0, bx1 - bx0) / max(hgt, wid)
+            # a foreground spanning the frame is a texture (noise over everything), not a shape on a ground
+            out["shape"] = _shape(a, fg, bgc) if extent <= MAX_EXTENT else None
+            if out["shape"] is not None:  # a smudge that is no shape has no size either
+                out["size"] = "large" if extent > 0.48 else "small"
         else:
             fg = np.zeros_like(far)
     else:
