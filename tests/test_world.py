@@ -114,6 +114,8 @@ def test_reader_takes_arrays_tensors_and_files_alike(tmp_path):
     im.save(tmp_path / "x.png")
     want = read_image(im)
     assert read_image(a) == want and read_image(t) == want and read_image(tmp_path / "x.png") == want
+    assert read_image(np.ones((32, 32, 3), np.uint8))["background"] == "black"  # uint8 is 0..255, even if dark
+    assert read_image(np.ones((32, 32, 3), np.float32))["background"] == "white"  # floats are 0..1
     for bad in (tmp_path / "missing.png", object()):
         with pytest.raises(WorldError):
             read_image(bad)

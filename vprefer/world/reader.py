@@ -76,12 +76,13 @@ def _array(image) -> np.ndarray:
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     try:
-        a = np.asarray(image, dtype=np.float32)
+        raw = np.asarray(image)
+        a = raw.astype(np.float32)
     except (TypeError, ValueError):
         raise WorldError(f"not an image: {type(image).__name__}") from None
     if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 8:
         raise WorldError(f"an image array must be (H, W, 3) and at least 8 px, not {a.shape}")
-    if a.max() <= 1.0 and a.dtype != np.uint8:
+    if raw.dtype.kind == "f" and a.max() <= 1.0:  # floats in [0, 1]; integers are 0..255 whatever their range
         a = a * 255.0
     if max(a.shape[:2]) > _READ_SIDE * 1.5:
         return _array(Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8)))
