@@ -119,7 +119,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 def _coverage(shape: str, cx: float, cy: float, area: float, h: int, w: int, s: int = 4) -> np.ndarray:
     """How much of each pixel a drawn ``shape`` of that centroid and area covers (4x4 samples a pixel)."""
-    ys, xs = (np.mgrid[0:h * s, 0:w * s] + 0.5) / s
+    ys, xs = (np.arange(h * s)[:, None] + 0.5) / s, (np.arange(w * s)[None, :] + 0.5) / s  # broadcast, no grid
     if shape == "circle":
         inside = (xs - cx) ** 2 + (ys - cy) ** 2 <= area / np.pi
     elif shape == "square":
@@ -145,7 +145,7 @@ def _shape(a: np.ndarray, fg: np.ndarray, bgc: np.ndarray) -> str | None:
     region = ndimage.binary_dilation(fg, iterations=2)
     c = np.where(region, np.clip(dist / max(float(np.median(dist[fg])), 1e-6), 0.0, 1.0), 0.0)
     h, w = c.shape
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    yy, xx = np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5
     area = float(c.sum())
     cx, cy = float((c * xx).sum()) / area, float((c * yy).sum()) / area
     err = {}
