@@ -57,6 +57,13 @@ def test_dpo_on_two_processes_stays_in_sync_writes_once_and_resumes(world):
     assert len(after) == 1, "metrics written by more than one process"
     assert after[0]["distributed/processes"] == 2 and after[0]["distributed/params_in_sync"] is True
     assert (world / "o" / "pytorch_lora_weights.safetensors").exists()
+    # each rank draws its own noise and timesteps (seed + rank), and the logged loss is the mean over ranks
+    steps = [x for x in m if "loss/dpo" in x]
+    assert steps and all(len(set(x["per_rank"]["draw/noise"])) == 2 for x in steps)
+    assert any(len(set(x["per_rank"]["draw/t"])) == 2 for x in steps)
+    assert all(abs(x["loss/dpo"] - sum(x["per_rank"]["loss/dpo"]) / 2) < 1e-6 for x in steps)
+    assert sorted(p.name for p in (world / "o" / "checkpoints" / "step-000002").glob("rng-rank*.json")) == \
+        ["rng-rank0.json", "rng-rank1.json"]
     assert sorted(p.name for p in (world / "o" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     launch(["rl", "dpo", "--recipe", "dpo.yaml", "--data", "run", "--out", "o", "--max-steps", "6", "--resume"], world)
     m = metrics(world / "o")

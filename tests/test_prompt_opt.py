@@ -40,16 +40,32 @@ def test_prompt_following_is_scored_against_the_original_and_the_rest_against_th
     assert rf.score(["zz"], ["ab"]) == pytest.approx([0.25])
 
 
-def test_length_penalty_and_fixed_seeds(stand_ins, tmp_path):
+def test_length_penalty_and_seeds_shared_in_a_call_new_per_call_held_out_for_evaluation(stand_ins, tmp_path):
+    """Wrong versions: the same seeds at every step (the rewriter can fit two noise draws), different seeds
+    inside one group (rewrites compared on different noise), evaluation on training seeds."""
     from vprefer.diffusion import load_pipeline
+    from vprefer.rl.prompt_opt import evaluate
 
     c = cfg(stand_ins, tmp_path, aspect_weights={"aesthetics": 1.0}, max_words=3, min_words=2, length_penalty=0.1)
     rf = RewriteReward(LetterReward(letter="x"), load_pipeline(c.generator["pretrained"]), c)
     assert rf.score(["a", "a"], ["a b c d e f", ""]) == pytest.approx([-0.3, -0.2])  # 3 words over; 2 short
-    a, b = rf.images(["a red cube", "a cat"]), rf.images(["a cat"])
     n = c.images_per_rewrite
-    assert a.shape[0] == 2 * n and torch.allclose(a[n:], b, atol=1e-4)  # the same seeds for every rewrite, one batch
+    seen = []
+    real_images = rf.images
+    rf.images = lambda prompts, seeds: seen.append(list(seeds)) or real_images(prompts, seeds)
+    rf.score(["a red cube", "a cat"], ["a red cube", "a cat"])  # one call: every rewrite on the same seeds
+    rf.score(["a cat"], ["a cat"])
+    evaluate(rf, ["a cat"], {"x": ["a cat"]})
+    evaluate(rf, ["a cat"], {"x": ["a cat"]})
+    assert seen[0] == [c.image_seed + n + k for k in range(n)]  # the second call of this reward function
+    assert seen[1] == [c.image_seed + 2 * n + k for k in range(n)]  # a new call, new seeds
+    assert seen[2] == seen[3] == [c.eval_image_seed + k for k in range(n)]  # held-out, fixed for before/after
+    assert not set(seen[2]) & {s for x in seen[:2] for s in x}
+    a = real_images(["a red cube", "a cat"], seen[0])
+    b = real_images(["a cat"], seen[0])
+    assert a.shape[0] == 2 * n and torch.allclose(a[n:], b, atol=1e-4)  # seeds shared by the rewrites of a call
     assert not torch.equal(a[0], a[1])  # the images of one rewrite differ (seed + k)
+    assert not torch.allclose(b, real_images(["a cat"], seen[1]), atol=1e-3)  # and the next call draws new noise
     with pytest.raises(Exception, match="not aspects of the reward model"):
         c.aspect_weights = {"fidelity": 1.0}
         RewriteReward(LetterReward(), None, c)
@@ -113,3 +129,16 @@ def test_cli_end_to_end_with_a_vp_score_and_the_result_loads_with_peft(stand_ins
     assert variants.height >= 1 and all(json.loads(m)["parent"] in set(p["prompt_id"]) for m in variants["meta"])
     again = CliRunner().invoke(app, ["prompts", "upsample", str(tmp_path / "run"), "--annotator", f"local:{tmp_path / 'o'}"])
     assert "4 already upsampled, 0 new" in again.output, again.output
+
+
+@pytest.mark.slow
+def test_only_the_main_process_writes_the_rewriter(stand_ins, tmp_path, monkeypatch):
+    """Wrong version: every process under ``accelerate launch`` writes the same safetensors and JSON at once."""
+    from accelerate import Accelerator
+
+    c = cfg(stand_ins, tmp_path, max_steps=1, aspect_weights={"aesthetics": 1.0}, report_to=[])
+    monkeypatch.setattr(Accelerator, "is_main_process", property(lambda self: False))
+    s = PromptOptTrainer(c, prompts=["a red circle", "a blue square"] * 2, reward=LetterReward("e")).train()
+    assert s["main_process"] is False
+    written = {p.name for p in (tmp_path / "out").iterdir()} if (tmp_path / "out").exists() else set()
+    assert not written & {"adapter_model.safetensors", "adapter_config.json", "vprefer_prompt_opt.json"}, written

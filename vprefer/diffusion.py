@@ -29,21 +29,40 @@ def stand_in_must_exist(path: str, is_stand_in: bool) -> None:
                           f"vprefer.testing.tiny_pipelines.make_tiny_sd({path!r}) (the CLI does this for you)")
 
 
-def load_pipeline(name_or_path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """A diffusers pipeline from a hub id or folder, safety checker off, progress bars off."""
-    from diffusers import DiffusionPipeline
+def load_pipeline(name_or_path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", *,
+                  vae: str | None = None):
+    """A diffusers pipeline from a hub id or folder, safety checker off, progress bars off; ``vae`` names a VAE
+    to use instead of the pipeline's own (e.g. an fp16-safe SDXL VAE)."""
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     kw = {"use_safetensors": True}
     if dtype is not None:
         kw["torch_dtype"] = dtype
-    try:
-        pipe = DiffusionPipeline.from_pretrained(name_or_path, **kw)
-    except OSError as e:
-        raise InputError(f"cannot load diffusers pipeline {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    for what, name, cls in (("VAE", vae, AutoencoderKL), ("pipeline", name_or_path, DiffusionPipeline)):
+        if name is None:
+            continue
+        try:
+            loaded = cls.from_pretrained(name, **kw)
+        except OSError as e:
+            raise InputError(f"cannot load diffusers {what} {name!r}: {str(e).splitlines()[0]}") from None
+        if cls is AutoencoderKL:
+            kw["vae"] = loaded
+    pipe = loaded
+    upcast_vae(pipe)
     if hasattr(pipe, "safety_checker"):
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def upcast_vae(pipe) -> None:
+    """Keep a VAE whose config says ``force_upcast`` in fp32 when the pipeline is loaded in fp16: SDXL's VAE
+    overflows in fp16 (NaN latents and black images). diffusers' SDXL pipelines upcast it around decoding;
+    the training loops encode and decode outside the pipeline, so the VAE stays fp32 here (a VAE made
+    fp16-safe, e.g. madebyollin/sdxl-fp16-fix, says ``force_upcast: false`` and stays fp16)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
 
 
 def is_sdxl(pipe) -> bool:
@@ -118,14 +137,29 @@ def add_lora(unet, r: int, alpha: int, targets: Sequence[str], dropout: float = 
                                 target_modules=list(targets)))
 
 
-def save_lora(pipe, out: Path) -> Path:
-    """Write the UNet's LoRA in diffusers format: ``pipe.load_lora_weights(out)`` reads it back."""
+def save_lora(pipe, out: Path, state_dict: dict | None = None) -> Path:
+    """Write the UNet's LoRA in diffusers format: ``pipe.load_lora_weights(out)`` reads it back. ``state_dict``
+    is the UNet's full state when the module itself holds shards (FSDP: ``accelerator.get_state_dict``)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, state_dict=state_dict))
     type(pipe).save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
+    return out
+
+
+def save_unet(unet, state_dict: dict, out: Path) -> Path:
+    """A fully fine-tuned UNet in diffusers' layout (config + safetensors, sharded past 10 GB) from a full
+    state dict. ``ModelMixin.save_pretrained`` would write the module's own tensors, which under FSDP are
+    shards: the state comes from ``accelerator.get_state_dict`` instead. ``UNet2DConditionModel.from_pretrained``
+    reads the folder back."""
+    from huggingface_hub import save_torch_state_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_config(out)
+    save_torch_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, out,
+                          filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size="10GB")
     return out
 
 

@@ -42,3 +42,22 @@ def ranks_from_scores(scores: Sequence[float]) -> list[int]:
     if scores and all(float(s).is_integer() and s < 0 for s in scores):
         return [int(-s) for s in scores]
     return [1 + sum(1 for t in scores if t > s) for s in scores]
+
+
+def training_sources(pairs, annotators: Sequence[str] | None, *, where: str, option: str) -> list[str]:
+    """The annotators whose pairs a training job reads: the chosen ones, or the only one there is.
+
+    Why not all of them by default: a run may hold a combined judge label beside its parts (the same
+    judgement counted twice) or imported human rows beside the judge's; mixing them silently changes what
+    the model learns. Several present and none chosen is an error that names them and the option to use.
+    ``pairs`` is a polars frame with an ``annotator`` column."""
+    from vprefer.errors import InputError
+
+    counts = dict(pairs.group_by("annotator").len().sort("annotator").iter_rows())
+    if annotators:
+        return list(annotators)
+    if len(counts) <= 1:
+        return list(counts)
+    listed = ", ".join(f"{a} ({n:,} pairs)" for a, n in counts.items())
+    raise InputError(f"{where}: pairs from {len(counts)} annotators: {listed}; training on all of them would mix "
+                     f"sources (a combined label and its parts, or humans and a judge): choose with {option}")

@@ -65,6 +65,9 @@ def dpo_cmd(
     data: Path = typer.Option(..., "--data", help="Run directory with a pairs table, or a Pick-a-Pic parquet."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the LoRA, checkpoints and metrics.jsonl."),
     aspect: Optional[str] = typer.Option(None, "--aspect", help="Which aspect's pairs (default: the recipe's)."),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="Whose pairs: NAME or A,B (names as in "
+                                            "`vprefer info RUN`); needed when the run holds several annotators' "
+                                            "pairs. Overrides the recipe's annotators."),
     reward: Optional[str] = typer.Option(None, "--reward", help="VP-Score for periodic evaluation (optional)."),
     holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward, evaluated only "
                                                  "(exposes reward hacking)."),
@@ -77,7 +80,8 @@ def dpo_cmd(
     from vprefer.rl.common import config_from_yaml
     from vprefer.rl.dpo import dpo_pairs
 
-    cfg = config_from_yaml(DiffusionDPOConfig, recipe, output_dir=str(out_dir), max_steps=max_steps, aspect=aspect)
+    cfg = config_from_yaml(DiffusionDPOConfig, recipe, output_dir=str(out_dir), max_steps=max_steps, aspect=aspect,
+                           annotators=[a.strip() for a in annotator.split(",") if a.strip()] if annotator else None)
     from vprefer.dist import state
     from vprefer.testing.stand_ins import ensure_pipeline
 
@@ -89,6 +93,8 @@ def dpo_cmd(
             import_pickapic(data, Path(tmp) / "run")
             run_dir, cfg.aspect = Path(tmp) / "run", "overall"
         pairs = dpo_pairs(run_dir, cfg.aspect, cfg.annotators)
+        if state().is_main_process:
+            out.print(f"training on {len(pairs):,} {cfg.aspect} pairs from {', '.join(sorted({p['annotator'] for p in pairs}))}")
         tr = DiffusionDPOTrainer(cfg, pairs=pairs, reward=reward, holdout_reward=holdout_reward)
         hist = tr.train(resume=resume)
     last = [h for h in hist if "dpo/implicit_acc" in h]

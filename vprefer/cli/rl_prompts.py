@@ -38,6 +38,8 @@ def prompts_cmd(
     ensure_causal_lm(cfg.policy, cfg.create_tiny_if_missing)
     ensure_pipeline(cfg.generator["pretrained"], bool(cfg.generator.get("create_tiny_if_missing")))
     s = PromptOptTrainer(cfg, prompts=read_prompts(prompts), reward=reward, holdout_reward=holdout_reward).train()
+    if not s.get("main_process", True):  # one report and one summary.json, not one per process
+        return
     r = s["train/rewards"]
     if r:
         out.print(f"GRPO reward (mean over each logged group) {r[0]:+.4f} -> {r[-1]:+.4f} over {len(r)} logs")

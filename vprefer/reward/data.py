@@ -11,6 +11,7 @@ from PIL import Image
 
 from vprefer.errors import InputError, MissingError
 from vprefer.ids import short_hash
+from vprefer.rankings import training_sources
 from vprefer.store import Run, as_run
 
 
@@ -40,6 +41,9 @@ def load_pairs(runs: Sequence[str | Path | Run], aspects: Sequence[str], annotat
                       .join(imgs.rename({"image_id": "win_image_id", "path": "win_path"}), on="win_image_id")
                       .join(imgs.rename({"image_id": "lose_image_id", "path": "lose_path"}), on="lose_image_id"))
     df = pl.concat(frames) if frames else pl.DataFrame()
+    if df.height and not annotators and not annotator_weights:  # weights are a mix chosen on purpose
+        training_sources(df, None, where=", ".join(str(r) for r in runs),
+                         option="--annotator NAME (or the recipe's annotators: [NAME]; NAME=W,... to mix on purpose)")
     if df.height == 0:
         raise InputError(f"no training pairs for aspects {list(aspects)} and annotators {annotators} in {list(runs)}")
     missing = [p for p in df["win_path"].head(50).to_list() if not Path(p).exists()]

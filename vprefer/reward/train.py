@@ -20,6 +20,7 @@ from vprefer.reward.model import VPScore
 from vprefer.reward.recipe import RewardRecipe
 from vprefer.reward.trainer import VPScoreConfig, VPScoreTrainer, pair_accuracy
 from vprefer.dist import params_in_sync
+from vprefer.ids import short_hash
 from vprefer.secrets import redact
 
 
@@ -40,10 +41,20 @@ def training_config(recipe: RewardRecipe, out: Path, has_val: bool) -> VPScoreCo
         aspect_weights=recipe.loss.aspect_weights)
 
 
+def calibration_items(df: pl.DataFrame, limit: int = 512) -> pl.DataFrame:
+    """The (prompt, image) items calibration scores: the same ones on every run and every rank, whatever the
+    row order of ``df`` (ReFL's ``lam`` threshold is defined on the calibrated scale). Chosen by a content hash
+    of the prompt and the image file's name (images are stored under their sha256), so the pick is spread over
+    prompts instead of taking the alphabetically first ones."""
+    items = pl.concat([df.select("prompt", pl.col("win_path").alias("p")), df.select("prompt", pl.col("lose_path").alias("p"))]
+                      ).unique()
+    key = [short_hash("calibrate", pr, Path(pa).name) for pr, pa in items.iter_rows()]
+    return items.with_columns(pl.Series("_key", key)).sort("_key", "prompt", "p").head(limit).drop("_key")
+
+
 def calibrate(model: VPScore, df: pl.DataFrame, limit: int = 512) -> dict[str, tuple[float, float]]:
     """Mean/std of raw scores per aspect over (prompt, image) pairs of ``df`` (held-out when available)."""
-    items = pl.concat([df.select("prompt", pl.col("win_path").alias("p")), df.select("prompt", pl.col("lose_path").alias("p"))]
-                      ).unique().head(limit)
+    items = calibration_items(df, limit)
     raw = model.score(items["prompt"].to_list(), items["p"].to_list(), normalize=False)
     return {a: (float(np.mean(v)), float(np.std(v) or 1.0)) for a, v in raw.items()}
 
@@ -79,7 +90,8 @@ def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Pa
                "steps": result.global_step, "train_loss": result.training_loss,
                "train_pairs_per_s": result.metrics.get("train_samples_per_second"),
                "train_runtime_s": result.metrics.get("train_runtime"),
-               "runs": [str(r) for r in runs], "resumed_from": str(ckpts[-1]) if resume and ckpts else None}
+               "runs": [str(r) for r in runs], "resumed_from": str(ckpts[-1]) if resume and ckpts else None,
+               "annotators": sorted(df["annotator"].unique().to_list())}
     if val_df.height:
         summary["val"] = {k: v for k, v in trainer.evaluate().items()}  # a collective: every rank takes part
     summary.update(params_in_sync(trainable))

@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainingArguments, get_scheduler
 
 from vprefer.recipes import RecipeError, load_config
-from vprefer.diffusion import add_lora, grid, load_pipeline, save_lora, stand_in_must_exist
+from vprefer.diffusion import add_lora, grid, load_pipeline, save_lora, save_unet, stand_in_must_exist
 from vprefer.dist import params_in_sync
+from vprefer.rl.ranks import RankStreams, mean_over_processes
 
 
 def frozen_dtype(config, cuda: bool) -> torch.dtype | None:
@@ -57,6 +58,8 @@ class DiffusionTrainingConfig(TrainingArguments):
                                                                          "(with warmup for DPO)"})
     create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: `pretrained` is a tiny "
                                                                           "random stand-in the CLI builds if absent"})
+    pretrained_vae: str | None = field(default=None, metadata={"help": "a VAE to use instead of the pipeline's, e.g. "
+                                                                       "madebyollin/sdxl-fp16-fix for SDXL in fp16"})
 
     def __post_init__(self):
         if not torch.cuda.is_available():  # several CPU processes are one gloo job only when CPU is asked for
@@ -111,12 +114,15 @@ class DiffusionTrainerBase:
         if config.ema_decay > 0 and self.acc.distributed_type == DistributedType.FSDP:
             raise RecipeError("ema_decay > 0 is not supported with FSDP yet (the EMA would hold shards that "
                               "checkpoints and the saved weights cannot gather): set ema_decay: 0 or use DDP")
+        # the model is built on the shared seed (every rank starts from the same weights); every draw the
+        # loop makes comes from its own per-rank streams (``self.rng``, ``self.gen``), seeded seed + rank
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         if pipe is None:
             stand_in_must_exist(config.pretrained, config.create_tiny_if_missing)
         self.pipe = pipe if pipe is not None else load_pipeline(config.pretrained,
-                                                                frozen_dtype(config, torch.cuda.is_available()))
+                                                                frozen_dtype(config, torch.cuda.is_available()),
+                                                                vae=config.pretrained_vae)
         self.pipe.to(self.acc.device)
         for m in ("vae", "text_encoder", "text_encoder_2"):
             if getattr(self.pipe, m, None) is not None:
@@ -132,6 +138,7 @@ class DiffusionTrainerBase:
         for p in self.params:  # master weights in fp32 even when the pipeline was loaded in bf16/fp16
             p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.before_prepare(unet)
         self.unet, self.opt = self.acc.prepare(unet, self.opt)
         # FSDP2 replaces every parameter with a sharded one (and re-points the optimizer): clipping, the EMA
         # and the sync check must use the prepared module's parameters, not the ones made above
@@ -143,10 +150,26 @@ class DiffusionTrainerBase:
         self.ema = [p.detach().clone() for p in self.params] if config.ema_decay > 0 else None
         self.reward, self.holdout = load_reward(reward), load_reward(holdout_reward)
         self.callbacks = list(callbacks)
+        self.streams = RankStreams(config.seed, self.acc.process_index)
+        torch.manual_seed(config.seed + self.acc.process_index)  # any draw outside the streams differs per rank too
         self.step_no = 0
         self.history: list[dict] = []
         if self.acc.is_main_process:
             self.acc.init_trackers(type(self).__name__)
+
+    @property
+    def rng(self) -> random.Random:
+        """This process's Python stream (pairs, prompts, the gradient step): seeded seed + rank, checkpointed."""
+        return self.streams.py
+
+    @property
+    def gen(self) -> torch.Generator:
+        """This process's torch stream (noise, timesteps, posterior samples): seeded seed + rank, checkpointed."""
+        return self.streams.torch
+
+    def before_prepare(self, unet) -> None:
+        """Called with the plain UNet before ``accelerator.prepare`` wraps or shards it (FSDP2 replaces every
+        parameter with a shard): the place to copy what must hold the full, unsharded weights."""
 
     # ------------------------------------------------------------------ pieces
     def compute_loss(self) -> tuple[torch.Tensor, dict]:  # pragma: no cover - implemented by the loops
@@ -185,7 +208,7 @@ class DiffusionTrainerBase:
                 e.copy_(tmp)
 
     def log(self, metrics: dict) -> None:
-        metrics = {"step": self.step_no, "time": time.time(), **metrics}
+        metrics = mean_over_processes(self.acc, {"step": self.step_no, "time": time.time(), **metrics})
         self.history.append(metrics)
         if self.acc.is_main_process:
             self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"},
@@ -234,6 +257,8 @@ class DiffusionTrainerBase:
         self.acc.save_state(str(d), safe_serialization=True)
         if self.ema is not None and self.acc.is_main_process:
             save_file({str(i): e.detach().cpu().contiguous() for i, e in enumerate(self.ema)}, str(d / "ema.safetensors"))
+        self.acc.wait_for_everyone()  # the folder exists before any rank writes its streams into it
+        self.streams.save(d)  # one file per rank: each process has its own streams
         if self.acc.is_main_process:
             (d / "vprefer_state.json").write_text(json.dumps({"step": self.step_no}))
         self.acc.wait_for_everyone()
@@ -245,6 +270,7 @@ class DiffusionTrainerBase:
             return 0
         self.acc.load_state(str(ckpts[-1]))
         self.step_no = json.loads((ckpts[-1] / "vprefer_state.json").read_text())["step"]
+        self.streams.load(ckpts[-1], self.step_no)  # else the pair / prompt / timestep sequence restarts at 0
         if self.ema is not None and (ckpts[-1] / "ema.safetensors").exists():
             saved = load_file(str(ckpts[-1] / "ema.safetensors"))
             for i, e in enumerate(self.ema):
@@ -255,19 +281,26 @@ class DiffusionTrainerBase:
         """The result, written once (by the main process) after every process has finished its last update."""
         self.acc.wait_for_everyone()
         out = self.out / ("unet" if not self.config.use_lora else "")
-        if not self.acc.is_main_process:
-            return out
-        (self.out / "vprefer_rl.json").write_text(json.dumps(
-            {"loop": type(self).__name__, "pretrained": self.config.pretrained, "resolution": self.config.resolution,
-             "use_lora": self.config.use_lora, "steps": self.step_no}, indent=2))
         self._swap_ema()
         try:
+            # a collective: under FSDP every rank holds a shard and all of them take part in gathering the full
+            # weights (with DDP or one process it is the plain state dict, no copy)
+            state = self.acc.get_state_dict(self.unet)
+            if not self.acc.is_main_process:
+                return out
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "vprefer_rl.json").write_text(json.dumps(
+                {"loop": type(self).__name__, "pretrained": self.config.pretrained, "resolution": self.config.resolution,
+                 "use_lora": self.config.use_lora, "steps": self.step_no, **self.provenance()}, indent=2))
             if self.config.use_lora:
-                return save_lora(self.pipe, self.out)
-            self.acc.unwrap_model(self.unet).save_pretrained(self.out / "unet", safe_serialization=True)
-            return self.out / "unet"
+                return save_lora(self.pipe, self.out, state)
+            return save_unet(self.acc.unwrap_model(self.unet), state, self.out / "unet")
         finally:
             self._swap_ema()
+
+    def provenance(self) -> dict:
+        """What the loop trained on, recorded in vprefer_rl.json (the DPO loop names its pairs' annotators)."""
+        return {}
 
     def sync_check(self) -> dict:
         """With several processes: are the trained weights the same on every rank? (DDP should keep them so.)"""

@@ -12,7 +12,6 @@ beta.
 from __future__ import annotations
 
 import copy
-import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -33,28 +32,32 @@ class DiffusionDPOConfig(DiffusionTrainingConfig):
     beta: float = 5000.0
     aspect: str = "overall"
     margin_weight: bool = False
-    annotators: list | None = None
+    annotators: list | None = field(default=None, metadata={"help": "whose pairs to train on; required when the run "
+                                                                    "holds pairs from several annotators"})
     proportion_empty_prompts: float = field(default=0.2, metadata={"help": "share of pairs trained on the empty "
                                                                            "prompt (official Diffusion-DPO: 0.2); "
                                                                            "keeps the unconditional branch for CFG"})
 
 
 def dpo_pairs(run_dir, aspect: str, annotators: Sequence[str] | None = None) -> list[dict]:
-    """(prompt, win_path, lose_path, margin) rows from a run's pairs table; ties dropped."""
+    """(prompt, win_path, lose_path, margin, annotator) rows from a run's pairs table; ties dropped. With
+    pairs from several annotators one must be chosen (``vprefer.rankings.training_sources``)."""
     from vprefer.errors import InputError
+    from vprefer.rankings import training_sources
     from vprefer.store import as_run
 
     run: Run = as_run(run_dir)
     p = run.read("pairs").filter(pl.col("aspect") == aspect, ~pl.col("tie"))
-    if annotators:
-        p = p.filter(pl.col("annotator").is_in(list(annotators)))
+    annotators = training_sources(p, annotators, where=str(run.path),
+                                  option="--annotator NAME (or the recipe's annotators: [NAME])")
+    p = p.filter(pl.col("annotator").is_in(list(annotators)))
     if p.height == 0:
         raise InputError(f"{run.path}: no non-tied pairs for aspect {aspect!r}"
                          + (f" from {list(annotators)}" if annotators else ""))
     paths = dict(run.image_paths().unique("image_id").select("image_id", "path").iter_rows())
     prompts = dict(run.read("prompts").select("prompt_id", "prompt").iter_rows())
     return [{"prompt": prompts[r["prompt_id"]], "win": paths[r["win_image_id"]], "lose": paths[r["lose_image_id"]],
-             "margin": r["margin"]} for r in p.iter_rows(named=True)]
+             "margin": r["margin"], "annotator": r["annotator"]} for r in p.iter_rows(named=True)]
 
 
 class DiffusionDPOTrainer(DiffusionTrainerBase):
@@ -68,8 +71,14 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
             raise InputError(f"proportion_empty_prompts must be in [0, 1], got {config.proportion_empty_prompts}")
         self.pairs = list(pairs)
         self.sched = training_scheduler(self.pipe)  # its own forward process, never the pipeline's sampler
-        self.rng = random.Random(config.seed + self.acc.process_index)
-        self.ref = None if config.use_lora else copy.deepcopy(self.acc.unwrap_model(self.unet)).requires_grad_(False)
+
+    def before_prepare(self, unet) -> None:
+        # full fine-tuning: the frozen reference is copied from the plain UNet, before FSDP could shard it
+        self.ref = None if self.config.use_lora else copy.deepcopy(unet).requires_grad_(False)
+
+    def provenance(self) -> dict:
+        return {"aspect": self.config.aspect, "annotators": sorted({x.get("annotator") or "" for x in self.pairs} - {""}),
+                "pairs": len(self.pairs)}
 
     @contextmanager
     def reference(self):
@@ -88,6 +97,7 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
                   sample_latents: bool | None = None):
         """Policy and reference noise-prediction MSE on [winners..., losers...] (shared t and noise per pair)."""
         c, bs, dev = self.config, len(batch), self.acc.device
+        generator = self.gen if generator is None else generator  # this rank's stream unless told otherwise
         px = torch.stack([load_pixels(x[k], c.resolution) for k in ("win", "lose") for x in batch]).to(dev)
         sample = c.sample_latents if sample_latents is None else sample_latents
         lat = encode_images(self.pipe, px, sample=sample, generator=generator)  # [winners..., losers...]
@@ -99,6 +109,7 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
         mse = noise_mse(self.unet(noisy, t, **cond.kwargs()).sample, target)
         with torch.no_grad(), self.reference() as ref:
             ref_mse = noise_mse(ref(noisy, t, **cond.kwargs()).sample, target)
+        self.last_draw = {"draw/t": t[:bs].float().mean().item(), "draw/noise": noise[0].flatten()[0].item()}
         return mse, ref_mse
 
     def compute_loss(self) -> tuple[torch.Tensor, dict]:
@@ -108,7 +119,7 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
         mse, ref_mse = self.pair_mses(batch, prompts)
         w = torch.tensor([x["margin"] for x in batch], device=mse.device) if c.margin_weight else None
         loss, stats = diffusion_dpo_loss(mse[:bs], mse[bs:], ref_mse[:bs], ref_mse[bs:], beta=c.beta, weight=w)
-        return loss, {"loss/dpo": loss.item(), **{f"dpo/{k}": v for k, v in stats.items()}}
+        return loss, {"loss/dpo": loss.item(), **{f"dpo/{k}": v for k, v in stats.items()}, **self.last_draw}
 
     @torch.no_grad()
     def implicit_accuracy(self, pairs: Sequence[dict], *, draws: int = 8, seed: int = 0) -> float:

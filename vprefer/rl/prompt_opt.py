@@ -15,10 +15,14 @@ VP-Score of images the diffusers generator makes from it:
   empty rewrite makes unconditional images; with a generator that ignores text,
   as the tiny stand-in does, it would otherwise tie the original prompt).
 
-Several images per rewrite with fixed seeds (the same seeds for every rewrite,
-so a group is compared on the same noise), generated in one batch across the
-GRPO group. TRL does the rest: group-normalised advantages, the clipped
-objective, generation, logging.
+Several images per rewrite, generated in one batch across the GRPO group. Every
+rewrite of one reward call (one generation batch: whole groups, on every
+process) gets the same seeds, so a group is compared on the same noise; each
+call gets new seeds (``image_seed + call * images_per_rewrite + k``), so the
+rewriter cannot fit two noise draws; evaluation uses its own seeds
+(``eval_image_seed + k``, far from any training seed), so before/after would
+show a rewriter that did. TRL does the rest: group-normalised advantages, the
+clipped objective, generation, logging.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ class PromptOptConfig(GRPOConfig):
     generator: dict = field(default_factory=lambda: {"name": "sd15", "pretrained": "stable-diffusion-v1-5/stable-diffusion-v1-5",
                                                      "steps": 20, "guidance": 7.5, "resolution": 512})
     images_per_rewrite: int = 2
-    image_seed: int = 0
+    image_seed: int = field(default=0, metadata={"help": "first training seed; each reward call takes the next "
+                                                         "images_per_rewrite seeds"})
+    eval_image_seed: int = field(default=2**31, metadata={"help": "held-out seeds for before/after evaluation"})
     aspect_weights: dict = field(default_factory=lambda: {"prompt_following": 1.0, "aesthetics": 0.5, "fidelity": 0.5})
     max_words: int = 80
     min_words: int = 3
@@ -61,26 +67,39 @@ class RewriteReward:
 
     def __init__(self, reward, pipe, config: PromptOptConfig):
         self.reward, self.pipe, self.c = reward, pipe, config
+        self.calls = 0  # reward calls so far: the training seeds move on with each
         missing = [a for a in config.aspect_weights if a not in reward.aspects]
         if missing:
             raise RecipeError(f"aspect_weights {missing} are not aspects of the reward model {reward.aspects}")
 
+    def training_seeds(self) -> list[int]:
+        """The next reward call's seeds (the same for every rewrite in it)."""
+        n = self.c.images_per_rewrite
+        seeds = [self.c.image_seed + self.calls * n + k for k in range(n)]
+        self.calls += 1
+        return seeds
+
+    def eval_seeds(self) -> list[int]:
+        return [self.c.eval_image_seed + k for k in range(self.c.images_per_rewrite)]
+
     @torch.no_grad()
-    def images(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``images_per_rewrite`` images per prompt, seeds image_seed + k for every prompt, one batch."""
-        c, g = self.c, self.c.generator
-        n = c.images_per_rewrite
+    def images(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """One image per seed for every prompt (the same seeds for each), one batch."""
+        g = self.c.generator
+        n = len(seeds)
         texts = [p for p in prompts for _ in range(n)]
-        gens = [torch.Generator("cpu").manual_seed(c.image_seed + k) for _ in prompts for k in range(n)]
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for _ in prompts for s in seeds]
         out = self.pipe(texts, num_inference_steps=g.get("steps", 20), guidance_scale=g.get("guidance", 7.5),
                         height=g.get("resolution", 512), width=g.get("resolution", 512), generator=gens,
                         output_type="pt")
         return out.images.float().clamp(0, 1)
 
     @torch.no_grad()
-    def score(self, originals: Sequence[str], rewrites: Sequence[str]) -> list[float]:
+    def score(self, originals: Sequence[str], rewrites: Sequence[str], seeds: Sequence[int] | None = None) -> list[float]:
+        """Reward per rewrite; ``seeds`` default to the next training call's."""
         c, n = self.c, self.c.images_per_rewrite
-        px = self.images(rewrites).to(self.reward.device)
+        seeds = self.training_seeds() if seeds is None else list(seeds)
+        px = self.images(rewrites, seeds).to(self.reward.device)
         orig = [o for o in originals for _ in range(n)]
         rew = [r for r in rewrites for _ in range(n)]
         w = c.aspect_weights
@@ -101,10 +120,11 @@ class RewriteReward:
 
 
 def evaluate(reward_fn: RewriteReward, originals: Sequence[str], rewrites: dict[str, Sequence[str]]) -> dict[str, float]:
-    """Mean reward of each set of rewrites of ``originals`` (e.g. original / zero-shot / trained)."""
+    """Mean reward of each set of rewrites of ``originals`` (e.g. original / zero-shot / trained), on the
+    held-out evaluation seeds."""
     out = {}
     for name, r in rewrites.items():
-        s = reward_fn.score(originals, list(r))
+        s = reward_fn.score(originals, list(r), seeds=reward_fn.eval_seeds())
         out[name] = sum(s) / len(s)
     return out
 
@@ -163,6 +183,9 @@ class PromptOptTrainer:
         tr.train()
         summary.update(self._evaluate(tr.model, tok, "after"))
         summary["train/rewards"] = [h["reward"] for h in tr.state.log_history if "reward" in h]
+        summary["main_process"] = tr.accelerator.is_main_process
+        if not summary["main_process"]:  # under a launcher the rewriter and its records are written once
+            return summary
         tr.model.save_pretrained(self.out)  # adapter_config.json + adapter_model.safetensors
         tok.save_pretrained(self.out)
         (self.out / "vprefer_prompt_opt.json").write_text(json.dumps(

@@ -10,7 +10,6 @@ code omits, is added with weight ``pretrain_weight`` whenever data is given.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,6 +32,12 @@ class ReFLConfig(DiffusionTrainingConfig):
     pretrain_weight: float = 1.0
     train_guidance_scale: float = field(default=5.0, metadata={"help": "CFG while sampling the rollout (1 = off)"})
 
+    def __post_init__(self):
+        # checked before any pipeline or reward loads: a bad gradient window fails in a second, not after a load
+        if not 0 <= self.t_lo <= self.t_hi < self.num_steps:
+            raise InputError(f"need 0 <= t_lo <= t_hi < num_steps, got {self.t_lo}, {self.t_hi}, {self.num_steps}")
+        super().__post_init__()
+
 
 class ReFLTrainer(DiffusionTrainerBase):
     config: ReFLConfig
@@ -42,12 +47,9 @@ class ReFLTrainer(DiffusionTrainerBase):
         super().__init__(config, **kw)
         if self.reward is None:
             raise InputError("ReFL needs a differentiable reward (a VP-Score folder or an object with score_pixels)")
-        if not 0 <= config.t_lo <= config.t_hi < config.num_steps:
-            raise InputError(f"need 0 <= t_lo <= t_hi < num_steps, got {config.t_lo}, {config.t_hi}, {config.num_steps}")
         self.prompts, self.pretrain = list(prompts), list(pretrain_data)
         self.sched = rollout_scheduler(self.pipe)  # deterministic DDIM chain, x0 never clipped
         self.train_sched = training_scheduler(self.pipe)  # the regulariser's forward process (not the sampler)
-        self.rng = random.Random(config.seed + self.acc.process_index)
 
     def _latent_shape(self, n: int) -> tuple[int, ...]:
         s = self.config.resolution // self.pipe.vae_scale_factor
@@ -61,7 +63,8 @@ class ReFLTrainer(DiffusionTrainerBase):
         cond = encode(self.pipe, prompts, cfg=g > 1, size=c.resolution)
         self.sched.set_timesteps(c.num_steps, device=self.acc.device)
         ts = self.sched.timesteps
-        latents = torch.randn(self._latent_shape(bs), device=self.acc.device) * self.sched.init_noise_sigma
+        start = torch.randn(self._latent_shape(bs), generator=self.gen)  # this rank's stream
+        latents = start.to(self.acc.device) * self.sched.init_noise_sigma
         mid = self.rng.randint(c.t_lo, c.t_hi)
         with torch.no_grad():
             for t in ts[:mid]:
@@ -73,7 +76,8 @@ class ReFLTrainer(DiffusionTrainerBase):
         pixels = decode(self.pipe, x0)
         r = weighted_reward(self.reward, prompts, pixels, c.reward_aspects)
         loss = refl_loss(r, lam=c.lam, scale=c.grad_scale)
-        m = {"loss/refl": loss.item(), "reward/train": r.mean().item(), "t_index": mid}
+        m = {"loss/refl": loss.item(), "reward/train": r.mean().item(), "t_index": mid,
+             "draw/noise": start.flatten()[0].item()}
         if self.pretrain and c.pretrain_weight > 0:
             pre = self.pretrain_loss()
             loss = loss + c.pretrain_weight * pre
@@ -86,9 +90,9 @@ class ReFLTrainer(DiffusionTrainerBase):
         c, bs = self.config, self.config.per_device_train_batch_size
         items = [self.rng.choice(self.pretrain) for _ in range(bs)]
         px = torch.stack([load_pixels(p, c.resolution) for _, p in items]).to(self.acc.device)
-        lat = encode_images(self.pipe, px, sample=c.sample_latents)
-        noise = torch.randn_like(lat)
-        t = sample_timesteps(self.train_sched, bs, lat.device)
+        lat = encode_images(self.pipe, px, sample=c.sample_latents, generator=self.gen)
+        noise = torch.randn(lat.shape, generator=self.gen).to(lat)
+        t = sample_timesteps(self.train_sched, bs, lat.device, self.gen)
         noisy = self.train_sched.add_noise(lat, noise, t)
         cond = encode(self.pipe, [p for p, _ in items], cfg=False, size=c.resolution)
         pred = self.unet(noisy, t, **cond.kwargs()).sample

@@ -36,3 +36,21 @@ class LetterReward(torch.nn.Module):
         share = {"aesthetics": self.letter, "prompt_following": self.pf_letter}
         cols = [[p.count(share[a]) / max(1, len(p)) for p in prompts] for a in (aspects or self.aspects)]
         return torch.tensor(cols, dtype=torch.float32).T
+
+
+class PromptColourReward(torch.nn.Module):
+    """A reward that depends on the prompt: how much the image is of the colour the prompt names (red, green
+    or blue: that channel minus the mean of the other two, in [-1, 1]); 0 for a prompt naming none. A loop
+    that loses the prompt somewhere (a swapped guidance, prompts misaligned with images) cannot raise it for
+    two prompts asking opposite things."""
+
+    aspects = ["prompt_colour"]
+    CHANNELS = {"red": 0, "green": 1, "blue": 2}
+
+    def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor, aspects=None, normalize: bool = True):
+        p = pixels.float().mean(dim=(2, 3))  # (B, 3)
+        out = []
+        for text, rgb in zip(prompts, p):
+            c = next((i for w, i in self.CHANNELS.items() if w in text.split()), None)
+            out.append(rgb[c] - (rgb.sum() - rgb[c]) / 2 if c is not None else rgb.sum() * 0)
+        return torch.stack(out).unsqueeze(1)
