@@ -51,14 +51,15 @@ def test_train_reward_writes_no_bars_into_a_log(tmp_path):
     from vprefer.ingest import ingest
     from vprefer.testing.synthetic import write_dataset, write_truth_pairs
 
-    ingest(write_dataset(tmp_path / "syn", 6, 3, size=32), tmp_path / "run")
+    ingest(write_dataset(tmp_path / "syn", 3, 3, size=32), tmp_path / "run")
     write_truth_pairs(tmp_path / "run")
-    rc = tmp_path / "tiny.yaml"
-    rc.write_text(yaml.safe_dump(tiny_reward_recipe(tmp_path).resolved()))
+    rc = tmp_path / "tiny.yaml"  # 3 prompts, half held out: too few left to train on, which is said
+    rc.write_text(yaml.safe_dump(tiny_reward_recipe(tmp_path, training__val_fraction=0.5).resolved()))
     r = CliRunner().invoke(app, ["train-reward", "--recipe", str(rc), "--data", str(tmp_path / "run"),
                                  "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     assert "\r" not in r.output and "it/s]" not in r.output, r.output
+    assert "warning: the validation split held out" in r.output, r.output
 
 
 def test_one_prompt_scores_many_images_and_score_speaks_json_and_csv(tmp_path):

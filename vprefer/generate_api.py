@@ -138,7 +138,7 @@ class Endpoint:
 class APIResult:
     todo: int = 0
     generated: int = 0
-    errors: int = 0
+    errors: int = 0  # refused, or retries ran out: none is recorded, a rerun asks again
     resent: int = 0  # in flight when an earlier process died: generated again (the API keeps no copy)
     cost_usd: float = 0.0
     est_cost_usd: float = 0.0
@@ -218,6 +218,6 @@ def generate_api(run: Run, ep: Endpoint, todo: list[tuple[str, str, int]], *, bu
             asyncio.run(go())
         finally:
             fold(run, ledger, ep.name)
-    res.generated, res.errors, res.cost_usd = report.ok, report.error, report.cost_usd
+    res.generated, res.errors, res.cost_usd = report.ok, report.error + report.pending, report.cost_usd
     res.stopped_for_budget = report.stopped_for_budget
     return res

@@ -48,6 +48,7 @@ def caption(
         return
     out.print(f"{r.planned} images: {r.already_done} already captioned ({st.name}), {r.ok} new, {r.error} failed "
               f"(rerun to retry), " + (f"{r.invalid} refused answers marked invalid (not stored), " if r.invalid else "")
+              + (f"{r.pending} still to send (a rerun sends them), " if r.pending else "")
               + f"${r.cost_usd:.4f} now, ${r.spent_total_usd:.4f} in all"
               + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
     if to_prompts:

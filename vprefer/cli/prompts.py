@@ -68,7 +68,8 @@ def upsample_cmd(
                   f"${r.est_cost_usd:.4f}; dry run: nothing was sent")
         return
     out.print(f"{r.planned} prompts: {r.already_done} already upsampled, {r.ok} new, {r.error} failed "
-              f"(rerun to retry), ${r.cost_usd:.4f}" + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
+              f"(rerun to retry), " + (f"{r.pending} still to send (a rerun sends them), " if r.pending else "")
+              + f"${r.cost_usd:.4f}" + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
 
 
 @app.command()
