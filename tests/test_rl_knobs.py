@@ -232,30 +232,60 @@ def test_refl_gradient_step_stays_in_the_window(tiny_sd, tmp_path):
         refl_cfg(tmp_path, "/nonexistent/pipeline", t_lo=8, t_hi=12)
 
 
-def test_dpo_target_is_the_velocity_on_a_v_prediction_model(tiny_sd, tmp_path):
-    """Wrong version: the DPO target fixed to the noise (breaks SD 2.1, one of VisionPrefer's generators)."""
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_dpo_target_follows_the_prediction_type_and_each_pair_its_own_prompt(tiny_sd, tmp_path, kind):
+    """Wrong versions: the DPO target fixed to the noise (breaks SD 2.1, one of VisionPrefer's generators);
+    winners and losers conditioned on misaligned prompts (the prompt must reach each pair's own images)."""
     from diffusers import DDIMScheduler
 
     from vprefer.diffusion import encode_images, load_pixels
 
     pipe = load_pipeline(str(tiny_sd))
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=kind)
     data = pairs(tmp_path / "i", 2)
     tr = DiffusionDPOTrainer(dpo_cfg(tmp_path, tiny_sd), pipe=pipe, pairs=data)
-    assert tr.sched.config.prediction_type == "v_prediction"
+    assert tr.sched.config.prediction_type == kind
+    prompts = ["a red square", "a blue circle"]
     with torch.no_grad():
-        mse, _ = tr.pair_mses(data, ["a square"] * 2, generator=torch.Generator().manual_seed(3), sample_latents=False)
+        mse, _ = tr.pair_mses(data, prompts, generator=torch.Generator().manual_seed(3), sample_latents=False)
         g = torch.Generator().manual_seed(3)
         px = torch.stack([load_pixels(x[k], 32) for k in ("win", "lose") for x in data])
         lat = encode_images(pipe, px)
         noise = torch.randn(lat[:2].shape, generator=g).repeat(2, 1, 1, 1)
         t = sample_timesteps(tr.sched, 2, "cpu", g).repeat(2)
         noisy = tr.sched.add_noise(lat, noise, t)
-        pred = tr.unet(noisy, t, **encode(pipe, ["a square"] * 4, cfg=False, size=32).kwargs()).sample
-        by_hand = noise_mse(pred, tr.sched.get_velocity(lat, noise, t))
-        wrong = noise_mse(pred, noise)
+        def mse_with(texts, target):
+            return noise_mse(tr.unet(noisy, t, **encode(pipe, texts, cfg=False, size=32).kwargs()).sample, target)
+
+        target = tr.sched.get_velocity(lat, noise, t) if kind == "v_prediction" else noise
+        by_hand = mse_with(prompts * 2, target)  # [winners..., losers...], each with its pair's prompt
+        misaligned = mse_with([prompts[0]] * 2 + [prompts[1]] * 2, target)
+        wrong_target = mse_with(prompts * 2, lat if kind == "epsilon" else noise)
     assert torch.allclose(mse, by_hand, atol=1e-5)
-    assert not torch.allclose(mse, wrong, atol=1e-3)
+    assert not torch.allclose(mse, misaligned, atol=1e-4)
+    assert not torch.allclose(mse, wrong_target, atol=1e-3)
+
+
+def test_refl_scores_each_image_with_the_prompt_it_was_made_from(tiny_sd, tmp_path, monkeypatch):
+    """Wrong version: rewards computed with prompts misaligned with the images (a prompt-dependent reward
+    then teaches the opposite of what each prompt asks)."""
+    import vprefer.rl.refl as refl_mod
+    from vprefer.testing.toy_rewards import PromptColourReward
+
+    cfg = refl_cfg(tmp_path, tiny_sd, reward_aspects={"prompt_colour": 1.0}, per_device_train_batch_size=4)
+    tr = ReFLTrainer(cfg, prompts=["a red square", "a blue square", "a green square"], reward=PromptColourReward())
+    seen = {}
+    real_encode, real_reward = refl_mod.encode, refl_mod.weighted_reward
+    monkeypatch.setattr(refl_mod, "encode", lambda pipe, p, **k: seen.setdefault("cond", list(p)) and real_encode(pipe, p, **k))
+    monkeypatch.setattr(refl_mod, "weighted_reward",
+                        lambda rm, p, px, w: seen.update(reward=list(p), px=px.detach()) or real_reward(rm, p, px, w))
+    _, m = tr.compute_loss()
+    assert seen["reward"] == seen["cond"] and len(set(seen["cond"])) > 1
+    own = PromptColourReward().score_pixels(seen["cond"], seen["px"])[:, 0]
+    assert m["reward/train"] == pytest.approx(own.mean().item(), abs=1e-6)
+    other = {"a red square": "a blue square", "a blue square": "a green square", "a green square": "a red square"}
+    wrong = PromptColourReward().score_pixels([other[x] for x in seen["cond"]], seen["px"])[:, 0]
+    assert (own - wrong).abs().min() > 1e-4  # the reward does depend on the prompt: alignment is checked
 
 
 def test_sdxl_micro_conditioning_follows_the_training_resolution(tiny_sdxl, tmp_path):
