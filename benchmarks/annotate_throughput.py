@@ -16,6 +16,8 @@ close to 2. Finally the speed-up over a sequential one-request-at-a-time loop
 through the same openai client (measured on a sample, same run).
 
     python benchmarks/annotate_throughput.py [--sets 1000] [--concurrency 32 64] [--latency 0.2] [--judge-workers 2]
+
+One JSON line last (for ``benchmarks/device.py``).
 """
 
 from __future__ import annotations
@@ -134,8 +136,9 @@ def main() -> None:
     ap.add_argument("--pool-sets", type=int, default=400)
     ap.add_argument("--sequential-sample", type=int, default=20)
     ap.add_argument("--judge-workers", type=int, default=2, help="judge processes on one port")
+    ap.add_argument("--bare-seconds", type=float, default=8.0, help="how long the bare sender sends")
     a = ap.parse_args()
-    lines = []
+    lines, result = [], {"judge_workers": a.judge_workers, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_dataset(tmp / "syn", a.sets, 4, size=48)
@@ -150,7 +153,11 @@ def main() -> None:
                     run, rubric = Run(tmp / "run0"), Rubric.load(preset.rubric)
                     bodies = [json.dumps(chat_body(r, preset, rubric, run, image_uris(run))).encode()
                               for r in plan(run, preset, rubric, pin=False)[:500]]
-                bare = bare_rps(bodies, base_url, conc)
+                bare = bare_rps(bodies, base_url, conc, a.bare_seconds)
+                result.update({f"c{conc}_rps": round(rps, 1), f"c{conc}_ratio": round(rps / bound, 3),
+                               f"c{conc}_bare_ratio": round(bare / bound, 3), f"c{conc}_client_cpu_ms": round(cpu_ms, 2),
+                               f"c{conc}_judge_cpu_ms": round(judge_ms, 2)})
+                result.setdefault("ratio", round(rps / bound, 3))
                 lines.append(f"concurrency {conc}: {ok} ok, {rps:.1f} req/s; bound {bound:.0f} req/s; "
                              f"ratio {rps / bound:.3f}; bare sender {bare:.1f} req/s = {bare / bound:.3f} of the "
                              f"bound; ours / bare = {rps / bare:.3f}; client CPU {cpu_ms:.2f} ms/request, judge "
@@ -189,6 +196,9 @@ def main() -> None:
           f"two {two:.1f} req/s; ratio two/one = {two / one:.2f} (bound per server {a.capacity / a.latency:.0f})")
     print(f"sequential loop: {seq_rps:.2f} req/s; speed-up at concurrency {a.concurrency[0]} = "
           f"{float(lines[0].split(', ')[1].split()[0]) / seq_rps:.1f}x")
+    result.update(pool_ratio=round(two / one, 2), sequential_rps=round(seq_rps, 2),
+                  sequential_speedup=round(float(lines[0].split(', ')[1].split()[0]) / seq_rps, 1))
+    print(json.dumps(result))  # for benchmarks/device.py
 
 
 if __name__ == "__main__":

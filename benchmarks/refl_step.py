@@ -1,9 +1,9 @@
 """ReFL step time and peak memory: LoRA vs full, with and without gradient checkpointing.
 
-    python benchmarks/refl_step.py [--arch tiny|sd15] [--steps 5]
+    python benchmarks/refl_step.py [--arch tiny|tiny-sdxl|sd15|sdxl] [--steps 5]
     python benchmarks/refl_step.py --learning     # toy reward: held-out reward before/after a short run
 
-``--arch sd15`` builds the SD 1.5 architecture from configs (random weights; for a GPU).
+``--arch sd15`` / ``sdxl`` build the SD 1.5 / SDXL base architecture from configs (random weights; for a GPU).
 """
 
 import sys

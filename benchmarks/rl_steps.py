@@ -20,11 +20,13 @@ VARIANTS = [("lora", True, False), ("lora+ckpt", True, True), ("full", False, Fa
 
 def build_pipe(arch: str, folder: Path):
     from vprefer.diffusion import load_pipeline
-    from vprefer.testing.tiny_pipelines import make_tiny_sd
+    from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sdxl
 
-    if arch == "tiny":
-        make_tiny_sd(folder)
+    if arch in ("tiny", "tiny-sdxl"):
+        (make_tiny_sd if arch == "tiny" else make_tiny_sdxl)(folder)
         return load_pipeline(str(folder), device="cuda" if torch.cuda.is_available() else "cpu")
+    if arch == "sdxl":
+        return sdxl_pipe(folder)
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -47,21 +49,51 @@ def build_pipe(arch: str, folder: Path):
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu", dtype)
 
 
+def sdxl_pipe(folder: Path):
+    """The SDXL base architecture of ``benchmarks/hub_configs.yaml`` with random weights, made in memory
+    (on the GPU when there is one: writing and reading back its ~14 GB of fp32 weights would take longer than
+    the updates timed), in bf16 there, with the rehearsal's char-level tokenizers."""
+    import diffusers
+    import transformers
+    import yaml
+
+    from rehearse import CONFIGS, clip_tokenizer
+
+    spec = yaml.safe_load(CONFIGS.read_text())["stabilityai/stable-diffusion-xl-base-1.0"]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    parts = {}
+    with torch.device(dev):
+        for name in ("text_encoder", "text_encoder_2"):
+            cfg = dict(spec[name])
+            cls = getattr(transformers, cfg.pop("class"))
+            parts[name] = cls(transformers.CLIPTextConfig(**cfg))
+        parts["unet"] = diffusers.UNet2DConditionModel(**spec["unet"])
+        parts["vae"] = diffusers.AutoencoderKL(**spec["vae"])
+    for name in ("tokenizer", "tokenizer_2"):
+        clip_tokenizer(folder / name, spec[name])
+        parts[name] = transformers.CLIPTokenizer.from_pretrained(folder / name)
+    sch = dict(spec["scheduler"])
+    parts["scheduler"] = getattr(diffusers, sch.pop("class"))(**sch)
+    pipe = diffusers.StableDiffusionXLPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev, torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+
 def run_variant(loop: str, arch: str, variant: str, steps: int) -> dict:
     from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer
     from vprefer.testing.toy_rewards import RednessReward
 
     _, lora, ckpt = next(v for v in VARIANTS if v[0] == variant)
-    res = 32 if arch == "tiny" else 512
+    tiny = arch.startswith("tiny")
+    res = 32 if tiny else 1024 if arch == "sdxl" else 512
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pipe = build_pipe(arch, tmp / "pipe")
         common = dict(output_dir=str(tmp / "out"), pretrained=str(tmp / "pipe"), resolution=res, max_steps=steps,
-                      use_lora=lora, gradient_checkpointing=ckpt, learning_rate=1e-4, per_device_train_batch_size=1 if arch != "tiny" else 2,
+                      use_lora=lora, gradient_checkpointing=ckpt, learning_rate=1e-4, per_device_train_batch_size=2 if tiny else 1,
                       eval_prompts=[], logging_steps=1, save_steps=0, report_to=[], bf16=torch.cuda.is_available())
         if loop == "refl":
-            cfg = ReFLConfig(**common, num_steps=40 if arch != "tiny" else 10, t_lo=30 if arch != "tiny" else 6,
-                             t_hi=39 if arch != "tiny" else 9, train_guidance_scale=1.0, reward_aspects={"redness": 1.0})
+            cfg = ReFLConfig(**common, num_steps=10 if tiny else 40, t_lo=6 if tiny else 30, t_hi=9 if tiny else 39, train_guidance_scale=1.0, reward_aspects={"redness": 1.0})
             tr = ReFLTrainer(cfg, pipe=pipe, prompts=["a red cube"], reward=RednessReward())
         else:
             for k in range(4):
@@ -89,7 +121,7 @@ def main(loop: str, script: str) -> None:
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="tiny", choices=["tiny", "sd15"])
+    ap.add_argument("--arch", default="tiny", choices=["tiny", "tiny-sdxl", "sd15", "sdxl"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -6,7 +6,7 @@ vs calling it one image at a time — the ImageReward/HPSv2 inference pattern.
 Ratio 3 = preparing the pixels alone (``pixel_batches``) with one thread per
 core vs one thread: on a GPU, preparation is what bounds ``score``.
 
-    python benchmarks/score_throughput.py [--arch clip-mid|clip-l|blip-l] [--n 256] [--batch 32]
+    python benchmarks/score_throughput.py [--arch clip-tiny|clip-mid|clip-l|blip-l] [--n 256] [--batch 32]
 
 On CPU the default is a mid-size random CLIP (random weights are fine for timing);
 ``--arch clip-l`` / ``blip-l`` build the full-size architectures from configs (GPU).
@@ -15,6 +15,7 @@ On CPU the default is a mid-size random CLIP (random weights are fine for timing
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from PIL import Image
 from vprefer.reward.model import VPScore, default_workers, load_backbone
 from vprefer.testing.tiny_models import make_tiny_backbone
 
-ARCH = {"clip-mid": ("clip", dict(hidden=384, layers=6, image_size=224, patch=16, proj=256)),
+ARCH = {"clip-tiny": ("clip", dict(hidden=32, layers=2, image_size=32, patch=8, proj=16)),
+        "clip-mid": ("clip", dict(hidden=384, layers=6, image_size=224, patch=16, proj=256)),
         "clip-l": ("clip", dict(hidden=1024, layers=24, image_size=224, patch=14, proj=768)),
         "blip-l": ("blip", dict(hidden=1024, layers=24, image_size=384, patch=16, proj=256))}
 
@@ -92,6 +94,11 @@ def main() -> None:
     print(f"preparing pixels: {a.n / t_prepn:.1f} img/s with {default_workers()} threads, "
           f"{a.n / t_prep1:.1f} img/s with one; ratio {t_prep1 / t_prepn:.2f}x")
     print(f"ratio score/bare = {t_bare / t_ours:.3f} (target >= 0.9); speed-up vs one-at-a-time = {t_loop / t_ours:.1f}x")
+    print(json.dumps({"arch": a.arch, "device": dev, "n": a.n, "batch": a.batch, "score_img_per_s": round(a.n / t_ours, 1),
+                      "bare_img_per_s": round(a.n / t_bare, 1), "ratio": round(t_bare / t_ours, 3),
+                      "loop_img_per_s": round(a.n / t_loop, 1), "speedup_vs_loop": round(t_loop / t_ours, 1),
+                      "prep_img_per_s": round(a.n / t_prepn, 1), "workers": default_workers(),
+                      "prep_ratio": round(t_prep1 / t_prepn, 2)}))  # for benchmarks/device.py
 
 
 if __name__ == "__main__":
