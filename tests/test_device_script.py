@@ -4,7 +4,8 @@ while the others still run, and a run killed midway leaves the figures it had me
 machine kills a command at its limit: whatever was not written by then is lost).
 
 The two end-to-end tests are slow: each figure is a fresh interpreter importing torch, transformers and
-diffusers (~20 s of CPU each on the 2-core machine), 10-25 minutes in all there depending on the load.
+diffusers (~20 s of CPU each on the 2-core machine): 30 min for both there on 2026-12-02 under a load
+average of 7-14 (four other agents); the three fast ones ~40 s there, a few seconds on a quiet machine.
 The runner itself (a failure, a missing module, an overrun with its children) is checked fast.
 """
 
