@@ -4,7 +4,6 @@ Each test names the wrong version it exists to catch; each was made by hand once
 """
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,15 @@ import torch
 from PIL import Image
 
 from vprefer.diffusion import decode, encode, load_pipeline, predict_noise
-from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer
+from vprefer.rl import DiffusionDPOTrainer, ReFLTrainer
 from vprefer.rl.common import weighted_reward
 from vprefer.rl.losses import noise_mse
 from vprefer.rl.noising import sample_timesteps
 from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sdxl
 from vprefer.testing.toy_rewards import RednessReward
+
+from test_rl_correctness import colour_pairs, refl_cfg  # the same configs and images as the loop checks
+from test_rl_correctness import dpo_cfg as base_dpo_cfg
 
 
 @pytest.fixture(scope="module")
@@ -30,32 +32,13 @@ def tiny_sdxl(tmp_path_factory):
     return make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
 
 
-def pairs(folder, n, seed=0, prompt="a square"):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng, out = random.Random(seed), []
-    for i in range(n):
-        w, lo = folder / f"r{seed}-{i}.png", folder / f"b{seed}-{i}.png"
-        Image.new("RGB", (32, 32), (200 + rng.randint(0, 55), rng.randint(0, 60), rng.randint(0, 60))).save(w)
-        Image.new("RGB", (32, 32), (rng.randint(0, 60), rng.randint(0, 60), 200 + rng.randint(0, 55))).save(lo)
-        out.append({"prompt": prompt, "win": str(w), "lose": str(lo), "margin": 1.0, "annotator": "judge"})
-    return out
+def pairs(folder, n, seed=0):
+    """Red beats blue (the truth is known apart from any label), from one annotator."""
+    return [{**x, "annotator": "judge"} for x in colour_pairs(folder, n, seed)]
 
 
 def dpo_cfg(tmp_path, pretrained, **kw):
-    base = dict(output_dir=str(tmp_path / "dpo"), pretrained=str(pretrained), resolution=32, max_steps=4,
-                learning_rate=2e-3, per_device_train_batch_size=2, beta=500.0, eval_prompts=[], logging_steps=1,
-                save_steps=0, report_to=[], seed=0)
-    base.update(kw)
-    return DiffusionDPOConfig(**base)
-
-
-def refl_cfg(tmp_path, pretrained, **kw):
-    base = dict(output_dir=str(tmp_path / "refl"), pretrained=str(pretrained), resolution=32, max_steps=2,
-                learning_rate=1e-3, per_device_train_batch_size=2, num_steps=10, t_lo=3, t_hi=8, lam=1.0,
-                grad_scale=1.0, train_guidance_scale=1.0, guidance_scale=1.0, eval_prompts=[], eval_every=0,
-                eval_steps_sampling=4, logging_steps=1, save_steps=0, report_to=[], reward_aspects={"redness": 1.0})
-    base.update(kw)
-    return ReFLConfig(**base)
+    return base_dpo_cfg(tmp_path, pretrained, **{"max_steps": 4, "per_device_train_batch_size": 2, **kw})
 
 
 def as_rank(monkeypatch, rank: int):
