@@ -49,3 +49,19 @@ def _seeded():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny SD-1.5-architecture pipeline built from configs, one per test module (the RL tests share it)."""
+    from vprefer.testing.tiny_pipelines import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    """The same for SDXL (two text encoders, size/crop ids)."""
+    from vprefer.testing.tiny_pipelines import make_tiny_sdxl
+
+    return make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")

@@ -19,17 +19,11 @@ from vprefer.rl import (
     refl_loss,
 )
 from vprefer.rl.common import config_from_yaml
-from vprefer.testing.tiny_pipelines import make_tiny_sd
 from vprefer.testing.toy_rewards import RednessReward
 
 pytestmark = pytest.mark.slow  # training loops on tiny pipelines
 
 EVAL = ["a red cube", "a blue ball", "a cat on a mat", "a tree"]
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
 
 
 def refl_cfg(tmp_path, tiny_sd, **kw):

@@ -17,18 +17,7 @@ from vprefer.diffusion import encode_images, load_pipeline
 from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer
 from vprefer.rl.common import load_reward
 from vprefer.rl.noising import noise_target, rollout_scheduler, training_scheduler
-from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sdxl
 from vprefer.testing.toy_rewards import RednessReward
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    return make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
 
 
 def colour_pairs(folder, n, seed):

@@ -15,21 +15,10 @@ from vprefer.rl import DiffusionDPOTrainer, ReFLTrainer
 from vprefer.rl.common import weighted_reward
 from vprefer.rl.losses import noise_mse
 from vprefer.rl.noising import sample_timesteps
-from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sdxl
 from vprefer.testing.toy_rewards import RednessReward
 
 from test_rl_correctness import colour_pairs, refl_cfg  # the same configs and images as the loop checks
 from test_rl_correctness import dpo_cfg as base_dpo_cfg
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    return make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
 
 
 def pairs(folder, n, seed=0):
