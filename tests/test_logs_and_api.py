@@ -87,6 +87,7 @@ def test_train_config_turns_tqdm_off_without_a_terminal(tmp_path, monkeypatch):
     from vprefer.reward.train import training_config
 
     r = tiny_reward_recipe(tmp_path)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # a user's own setting wins; tested below
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -95,6 +96,9 @@ def test_train_config_turns_tqdm_off_without_a_terminal(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", Tty())
     assert training_config(r, tmp_path, False).disable_tqdm is False
     monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert training_config(r, tmp_path, False).disable_tqdm is True
+    monkeypatch.setattr(sys, "stderr", Tty())
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     assert training_config(r, tmp_path, False).disable_tqdm is True
 
 

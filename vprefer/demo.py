@@ -80,6 +80,7 @@ def _quiet():
     import diffusers
     import transformers
 
+    tqdm_was = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     t_level, d_level = transformers.logging.get_verbosity(), diffusers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -91,6 +92,10 @@ def _quiet():
             warnings.simplefilter("ignore")
             yield
     finally:
+        if tqdm_was is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_was
         transformers.logging.set_verbosity(t_level)
         diffusers.logging.set_verbosity(d_level)
         transformers.logging.enable_progress_bar()
