@@ -29,11 +29,25 @@ def completion_text(c) -> str:
     return " ".join(t.replace("\n", " ").strip().strip('"').split())
 
 
+def load_tokenizer(path: str | Path):
+    """``AutoTokenizer``, except for a folder whose ``tokenizer_config.json`` declares the generic class
+    (``TokenizersBackend`` or its alias ``PreTrainedTokenizerFast``, what ``save_pretrained`` writes for a
+    tokenizer built from a ``tokenizers`` object): that one is its ``tokenizer.json`` as written.
+    transformers 5 maps a Qwen2 config to ``Qwen2Tokenizer`` whatever the folder declares, which turned the
+    world rewriter's word-level tokenizer into a byte-level one that read every word as unknown."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = Path(path) / "tokenizer_config.json"
+    if cfg.exists() and json.loads(cfg.read_text()).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def load_policy(path: str, adapter: str | Path | None = None, device: str | None = None):
     """The rewriter as a user loads it: transformers (+ peft for the adapter)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(adapter or path))
+    tok = load_tokenizer(adapter or path)
     model = AutoModelForCausalLM.from_pretrained(path)
     if adapter is not None:
         from peft import PeftModel

@@ -101,7 +101,7 @@ def build(recipe: RewardRecipe) -> VPScore:
         freeze_lower(backbone, recipe.freeze_ratio)
     return VPScore(backbone, tok, proc, kind=bb.kind, base=bb.name_or_path, aspects=recipe.aspects,
                    head_hidden=recipe.head_hidden, max_text_len=bb.max_text_len, quantization=recipe.quantization,
-                   lora=recipe.lora.enabled)
+                   lora=recipe.lora.enabled, similarity_prior=recipe.similarity_prior)
 
 
 def init_from(model: VPScore, path: str | Path) -> int:
@@ -124,4 +124,10 @@ def init_from(model: VPScore, path: str | Path) -> int:
         raise RecipeError(f"init_from {path}: only {copied} of {len(have)} backbone tensors match the recipe's "
                           "backbone; is it the same architecture?")
     model.heads.load_state_dict(src.heads.state_dict())
+    if src.similarity_prior != model.similarity_prior:
+        raise RecipeError(f"init_from {path}: similarity_prior is {src.similarity_prior} there and "
+                          f"{model.similarity_prior} in the recipe")
+    if model.similarity_prior:
+        with torch.no_grad():
+            model.prior_scale.copy_(src.prior_scale)
     return copied

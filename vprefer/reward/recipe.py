@@ -18,9 +18,10 @@ class Backbone(_Strict):
     kind: Literal["clip", "blip"] = Field(..., description="clip: any dual encoder with image and text towers "
                                           "(CLIP, SigLIP); blip: BlipForImageTextRetrieval cross-encoder")
     name_or_path: str
-    tiny: Optional[Literal["clip", "siglip", "blip", "clip-mid"]] = Field(
+    tiny: Optional[Literal["clip", "siglip", "blip", "clip-mid", "world-clip"]] = Field(
         None, description="tests/demo only: if nothing is at name_or_path, build a tiny random backbone of this "
-                          "architecture there from a config")
+                          "architecture there from a config (world-clip: copy the CLIP pretrained on the "
+                          "stand-in world that vprefer ships)")
     max_text_len: int = Field(35, ge=4, description="prompt tokens kept (ImageReward: 35)")
 
 
@@ -67,6 +68,9 @@ class RewardRecipe(Recipe):
                                 "(ImageReward froze ~70%); an alternative to LoRA")
     aspects: list[str] = [*ASPECTS, OVERALL]
     head_hidden: int = Field(256, ge=1)
+    similarity_prior: bool = Field(False, description="dual encoders: start every head at the backbone's zero-shot "
+                                   "image-text score (a learned multiple of the cosine; heads' last layer at zero) "
+                                   "instead of random, as PickScore/HPS fine-tune CLIP's score")
     annotators: Optional[list[str]] = Field(None, description="train on these annotators' pairs (default: all)")
     annotator_weights: dict[str, float] = Field({}, description="multiply each pair's weight by its annotator's "
                                                 "(default 1; 0 leaves the annotator out), e.g. audited human pairs "

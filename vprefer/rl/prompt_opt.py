@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from trl import GRPOConfig
 
-from vprefer.prompts.local import completion_text, load_policy, messages, rewrite  # noqa: F401 (public here too)
+from vprefer.prompts.local import completion_text, load_policy, load_tokenizer, messages, rewrite  # noqa: F401
 from vprefer.recipes import RecipeError
 
 @dataclass
@@ -164,12 +164,11 @@ class PromptOptTrainer:
     def train(self) -> dict:
         from datasets import Dataset
         from peft import LoraConfig
-        from transformers import AutoTokenizer
         from trl import GRPOTrainer
 
         c = self.c
         self.out.mkdir(parents=True, exist_ok=True)
-        tok = AutoTokenizer.from_pretrained(c.policy)
+        tok = load_tokenizer(c.policy)
         ds = Dataset.from_list([{"prompt": messages(p, c.style), "original": p} for p in self.prompts])
         tr = GRPOTrainer(model=c.policy, reward_funcs=self.reward_fn, args=c, train_dataset=ds, processing_class=tok,
                          peft_config=LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, target_modules=list(c.lora_targets),

@@ -12,8 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _world_copy(path: str) -> bool:
+    """A stand-in folder named ``world-sd``, ``world-clip`` or ``world-lm`` is a copy of the model of that kind
+    pretrained on the learnable world (shipped in ``vprefer/world/models``): made here, True."""
+    from vprefer.world.models import copy_shipped, shipped_name
+
+    name = shipped_name(path)
+    if name is None:
+        return False
+    copy_shipped(name, path)
+    return True
+
+
 def ensure_pipeline(path: str, is_stand_in: bool) -> None:
-    if is_stand_in and not Path(path).exists():
+    """A tiny random SD-architecture pipeline, or the world's pretrained one (a folder named ``world-sd``)."""
+    if is_stand_in and not Path(path).exists() and not _world_copy(path):
         from vprefer.testing.tiny_pipelines import make_tiny_sd
 
         make_tiny_sd(path)
@@ -22,7 +35,11 @@ def ensure_pipeline(path: str, is_stand_in: bool) -> None:
 def ensure_backbone(recipe) -> None:
     """``recipe``: a RewardRecipe whose backbone may be a tiny stand-in."""
     bb = recipe.backbone
-    if bb.tiny and not Path(bb.name_or_path).exists():
+    if bb.tiny == "world-clip" and not Path(bb.name_or_path).exists():
+        from vprefer.world.models import copy_shipped
+
+        copy_shipped("clip", bb.name_or_path)  # whatever the folder's name: the recipe says which model
+    elif bb.tiny and not Path(bb.name_or_path).exists():
         from vprefer.testing.tiny_models import make_tiny_backbone
 
         make_tiny_backbone(bb.tiny, bb.name_or_path)
@@ -35,7 +52,9 @@ def ensure_generators(recipe) -> None:
 
 
 def ensure_causal_lm(path: str, is_stand_in: bool) -> None:
-    if is_stand_in and not Path(path).exists():
+    """A stand-in policy folder named ``world-lm`` is the rewriter pretrained on the stand-in world (copied
+    from the package); any other is a random tiny LM."""
+    if is_stand_in and not Path(path).exists() and not _world_copy(path):
         from vprefer.testing.tiny_lm import make_tiny_causal_lm
 
         make_tiny_causal_lm(path)
