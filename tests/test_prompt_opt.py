@@ -16,6 +16,7 @@ from vprefer.testing.toy_rewards import LetterReward
 def stand_ins(tmp_path_factory):
     d = tmp_path_factory.mktemp("po")
     ensure_causal_lm(str(d / "tiny-lm"), True)
+    ensure_causal_lm(str(d / "world-lm"), True)  # pretrained: its greedy rewrites are words, a random LM's may be blank
     ensure_pipeline(str(d / "tiny-sd"), True)
     return d
 
@@ -105,7 +106,7 @@ def test_cli_end_to_end_with_a_vp_score_and_the_result_loads_with_peft(stand_ins
     import yaml
 
     d = yaml.safe_load(open("rl/grpo-prompts-tiny.yaml"))
-    d["policy"], d["generator"]["pretrained"] = str(stand_ins / "tiny-lm"), str(stand_ins / "tiny-sd")
+    d["policy"], d["generator"]["pretrained"] = str(stand_ins / "world-lm"), str(stand_ins / "tiny-sd")
     recipe.write_text(yaml.safe_dump(d))
     res = CliRunner().invoke(app, ["rl", "prompts", "--recipe", str(recipe), "--reward", str(tmp_path / "vps"),
                                    "--prompts", str(tmp_path / "p.txt"), "--eval-prompts", str(tmp_path / "e.txt"),
@@ -115,7 +116,7 @@ def test_cli_end_to_end_with_a_vp_score_and_the_result_loads_with_peft(stand_ins
     assert "held-out prompts: original" in res.output
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert "after/holdout_reward" in s
-    model, tok = load_policy(str(stand_ins / "tiny-lm"), adapter=tmp_path / "o", device="cpu")  # plain transformers + peft
+    model, tok = load_policy(str(stand_ins / "world-lm"), adapter=tmp_path / "o", device="cpu")  # plain transformers + peft
     assert len(rewrite(model, tok, ["a red cube"], "descriptive", max_new_tokens=8)) == 1
     # the trained rewriter upsamples a run's prompts locally, written exactly like the LLM upsampler's variants
     from vprefer.prompts import sample_prompts

@@ -115,7 +115,34 @@ def test_similarity_prior_starts_every_head_at_the_zero_shot_score_and_survives_
     off = build(tiny_reward_recipe(tmp_path)).eval()
     with torch.no_grad():
         assert not torch.allclose(off(px, ids, mask)[:, 0], zero_shot, atol=1e-3)  # the setting matters
-    assert json.loads((tmp_path / "m" / "vpscore_config.json").read_text())["similarity_prior"] is True
+    assert json.loads((tmp_path / "m" / "vpscore_config.json").read_text())["similarity_prior"] == r.aspects
+
+
+def test_a_similarity_prior_on_named_aspects_leaves_the_other_heads_alone(tmp_path):
+    """Wrong versions: the list read as ``true`` (every head starts at the cosine), or the unnamed heads'
+    scale left trainable (they drift onto the cosine)."""
+    r = tiny_reward_recipe(tmp_path, similarity_prior=["prompt_following"])
+    model = build(r).eval()
+    plain = build(tiny_reward_recipe(tmp_path)).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    px = torch.rand(3, 3, 32, 32)
+    ids, mask = model.tokenize(["a red circle", "a blue square", "a cat"], "cpu")
+    k = r.aspects.index("prompt_following")
+    with torch.no_grad():
+        raw, ref = model(px, ids, mask), plain(px, ids, mask)
+        zero_shot = raw[:, k]
+    assert zero_shot.abs().max() > 0 and torch.allclose(ref[:, k], torch.zeros(3), atol=1e-6)  # head zeroed
+    others = [i for i in range(len(r.aspects)) if i != k]
+    assert torch.allclose(raw[:, others], ref[:, others], atol=1e-6)  # the unnamed heads: exactly as without it
+    model(px, ids, mask).sum().backward()
+    assert model.prior_scale.grad[others].abs().max() == 0 and model.prior_scale.grad[k] != 0
+    model.save_pretrained(tmp_path / "m")
+    assert VPScore.from_pretrained(tmp_path / "m", device="cpu").similarity_prior == ["prompt_following"]
+    from vprefer.recipes import RecipeError
+    from vprefer.reward.recipe import RewardRecipe
+
+    with pytest.raises(RecipeError, match="not among the aspects"):
+        RewardRecipe.load("vp-score-tiny", similarity_prior=["prompt_follwing"])
 
 
 def test_similarity_prior_is_refused_for_a_cross_encoder(tmp_path):

@@ -9,10 +9,13 @@ Two backbone families, chosen by recipe:
 * ``blip`` — ``BlipForImageTextRetrieval`` used as ImageReward does: the text
   encoder cross-attends to the image patches and the heads read the [CLS] state.
 
-``similarity_prior`` (dual encoders): every head also adds a learned multiple of the image-text cosine,
-started at the backbone's own logit scale, and the heads' last layer starts at zero, so training starts
-from the backbone's zero-shot score (as PickScore and HPS fine-tune CLIP's score) instead of from random
-heads, which noisy pairs can leave worse than zero-shot (measured on the learnable world: 0.72 vs 0.85).
+``similarity_prior`` (dual encoders; ``true`` or a list of aspects): each named head also adds a learned
+multiple of the image-text cosine, started at the backbone's own logit scale, and its last layer starts at
+zero, so training starts from the backbone's zero-shot score (as PickScore and HPS fine-tune CLIP's score)
+instead of from random heads, which noisy pairs can leave worse than zero-shot. Only aspects that are about
+the prompt should get it: a cosine start on aesthetics or harmlessness is a wrong start that the heads must
+unlearn (on the learnable world: prompt-following 0.59 -> 0.77 with it, harmlessness 1.00 -> 0.70 with it on
+every head; BENCHMARKS.md).
 
 Scores are standardised with the mean/std measured on held-out images after
 training (stored as ``calibration``): 0 is an average image of the training
@@ -112,10 +115,20 @@ def _pixel_size(proc) -> tuple[int, int]:
     raise ValueError("cannot tell the backbone's input size from its image processor")
 
 
+def prior_aspects(setting: bool | Sequence[str] | None, aspects: Sequence[str]) -> list[str]:
+    """``true`` is every aspect (configs saved before the list form), ``false`` none."""
+    if setting is True:
+        return list(aspects)
+    unknown = sorted(set(setting or ()) - set(aspects))
+    if unknown:
+        raise InputError(f"similarity_prior names {unknown}, which are not among the aspects {list(aspects)}")
+    return [a for a in aspects if a in (setting or ())]
+
+
 class VPScore(nn.Module):
     def __init__(self, backbone, tokenizer, image_processor, *, kind: str, base: str, aspects: Sequence[str],
                  head_hidden: int = 256, max_text_len: int = 35, quantization: str = "none", lora: bool = False,
-                 similarity_prior: bool = False):
+                 similarity_prior: bool | Sequence[str] = False):
         super().__init__()
         if similarity_prior and kind != "clip":
             raise InputError("similarity_prior needs a dual encoder (kind: clip): a BLIP cross-encoder has no "
@@ -131,15 +144,17 @@ class VPScore(nn.Module):
             dim = 3 * (proj or cfg.vision_config.hidden_size)
         self.heads = nn.ModuleDict({a: nn.Sequential(nn.Linear(dim, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
                                     for a in self.aspects})
-        self.similarity_prior = similarity_prior
-        if similarity_prior:
+        self.similarity_prior = prior_aspects(similarity_prior, self.aspects)
+        if self.similarity_prior:
             ls = getattr(backbone, "logit_scale", None)
             start = float(ls.detach().float().exp().clamp(max=100)) if ls is not None else 10.0
-            self.prior_scale = nn.Parameter(torch.full((len(self.aspects),), start))
+            on = torch.tensor([a in self.similarity_prior for a in self.aspects], dtype=torch.float32)
+            self.prior_scale = nn.Parameter(on * start)
+            self.register_buffer("prior_on", on, persistent=False)  # the other heads never see the cosine
             with torch.no_grad():
-                for head in self.heads.values():
-                    head[-1].weight.zero_()
-                    head[-1].bias.zero_()
+                for a in self.similarity_prior:
+                    self.heads[a][-1].weight.zero_()
+                    self.heads[a][-1].bias.zero_()
         self.calibration: dict[str, tuple[float, float]] = {}
         self.pixel_size = _pixel_size(image_processor)
         self.register_buffer("pixel_mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
@@ -165,7 +180,7 @@ class VPScore(nn.Module):
         out = torch.cat([self.heads[a](f.to(heads[k])) for k, a in enumerate(self.aspects)], dim=-1).float()
         if self.similarity_prior:  # features are [img, txt, img * txt]: the last third sums to the cosine
             cos = f[:, 2 * f.shape[1] // 3:].float().sum(-1, keepdim=True)
-            out = out + cos * self.prior_scale.float()
+            out = out + cos * (self.prior_scale.float() * self.prior_on)
         return out
 
     def tokenize(self, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:

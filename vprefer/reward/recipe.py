@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vprefer.recipes import Recipe, find_asset
 from vprefer.schema import ASPECTS, OVERALL
@@ -68,9 +68,10 @@ class RewardRecipe(Recipe):
                                 "(ImageReward froze ~70%); an alternative to LoRA")
     aspects: list[str] = [*ASPECTS, OVERALL]
     head_hidden: int = Field(256, ge=1)
-    similarity_prior: bool = Field(False, description="dual encoders: start every head at the backbone's zero-shot "
-                                   "image-text score (a learned multiple of the cosine; heads' last layer at zero) "
-                                   "instead of random, as PickScore/HPS fine-tune CLIP's score")
+    similarity_prior: Union[bool, list[str]] = Field(
+        False, description="dual encoders: start these aspects' heads (true: every head) at the backbone's zero-shot "
+        "image-text score (a learned multiple of the cosine; the head's last layer at zero) instead of random, as "
+        "PickScore/HPS fine-tune CLIP's score; name the aspects about the prompt, e.g. [prompt_following]")
     annotators: Optional[list[str]] = Field(None, description="train on these annotators' pairs (default: all)")
     annotator_weights: dict[str, float] = Field({}, description="multiply each pair's weight by its annotator's "
                                                 "(default 1; 0 leaves the annotator out), e.g. audited human pairs "
@@ -80,6 +81,13 @@ class RewardRecipe(Recipe):
                                      "audited human pairs; same backbone kind and aspects")
     loss: Loss = Loss()
     training: Training = Training()
+
+    @model_validator(mode="after")
+    def _prior_names_aspects(self):
+        if isinstance(self.similarity_prior, list) and not set(self.similarity_prior) <= set(self.aspects):
+            raise ValueError(f"similarity_prior names {sorted(set(self.similarity_prior) - set(self.aspects))}, "
+                             f"which are not among the aspects {self.aspects}")
+        return self
 
     @classmethod
     def load(cls, name_or_path: str, **overrides) -> "RewardRecipe":
