@@ -24,7 +24,10 @@ from vprefer.world.prompts import HELD_OUT_COMBOS, TRAIN_COMBOS, prompt_of
 from vprefer.world.scenes import SIZES, Scene
 from vprefer.world import truth_eval
 
-LOOPS = ("refl", "dpo", "grpo")
+LOOPS = ("refl", "refl-reg-only", "dpo", "grpo")
+# ReFL's pre-training regulariser trains on drawn (true) images, which alone could improve the generator: the
+# control runs ReFL with the reward's gradient off (grad_scale 0), so the reward's own share is ReFL minus it
+CONTROL = {"refl-reg-only": {"grad_scale": 0.0}}
 
 
 @dataclass
@@ -38,8 +41,8 @@ class LoopConfig:
     judge_noise: float = 1.0
     position_bias: float = 0.4
     reward_epochs: float = 4
-    refl_steps: int = 80
-    dpo_steps: int = 80
+    refl_steps: int = 240
+    dpo_steps: int = 2000
     grpo_steps: int = 16
     eval_seeds: int = 12               # per held-out prompt (11 held-out combinations)
     train_eval_seeds: int = 3          # per training combination, seeds no step saw
@@ -49,8 +52,8 @@ class LoopConfig:
 
     @classmethod
     def small(cls) -> "LoopConfig":
-        return cls(descriptive_per_combo=0, permutations=1, reward_epochs=3, refl_steps=30, dpo_steps=30,
-                   grpo_steps=4, eval_seeds=4, train_eval_seeds=0)
+        return cls(descriptive_per_combo=0, permutations=1, reward_epochs=3, refl_steps=30, dpo_steps=60,
+                   grpo_steps=4, eval_seeds=4, train_eval_seeds=0, loops=("refl", "dpo", "grpo"))
 
 
 # the generator settings every stage shares (those of the world generator's pretraining check)
@@ -191,18 +194,19 @@ def drawn_data(s: Stages, n: int = 256, seed: int = 0) -> Path:
 def _config(cls, recipe: str, s: Stages, name: str, c: LoopConfig, steps: int):
     from vprefer.rl.common import config_from_yaml
 
+    over = {**CONTROL.get(name, {}), **c.overrides.get(name, {})}
     return config_from_yaml(cls, recipe, output_dir=str(s.out / name), pretrained=str(s.sd), max_steps=steps,
-                            seed=c.seed, report_to=[], disable_tqdm=True, **c.overrides.get(name, {}))
+                            seed=c.seed, report_to=[], disable_tqdm=True, **over)
 
 
-def run_refl(s: Stages, c: LoopConfig) -> Path:
+def run_refl(s: Stages, c: LoopConfig, name: str = "refl") -> Path:
     from vprefer.rl import ReFLConfig, ReFLTrainer
     from vprefer.rl.refl import run_images
 
     data = s.data / "run" if (s.data / "run").exists() else drawn_data(s)
-    cfg = _config(ReFLConfig, "refl-world", s, "refl", c, c.refl_steps)
+    cfg = _config(ReFLConfig, "refl-world", s, name, c, c.refl_steps)
     ReFLTrainer(cfg, prompts=training_prompts(c), reward=str(s.vpscore), pretrain_data=run_images(data)).train()
-    return s.out / "refl"
+    return s.out / name
 
 
 def run_dpo(s: Stages, c: LoopConfig) -> Path:
@@ -236,11 +240,16 @@ def measure(s: Stages, c: LoopConfig, name: str, items: tuple[list[str], list[in
     if name == "grpo":
         from vprefer.prompts.local import load_policy, rewrite
 
-        model, tok = load_policy(str(s.lm), adapter=s.out / "grpo", device="cpu")
         unique = list(dict.fromkeys(prompts))
-        rw = dict(zip(unique, rewrite(model, tok, unique, "descriptive")))
-        after = truth_eval.read(pipe, prompts, seeds, made_from=[rw[p] for p in prompts], **kw)
-        extra = {"examples": [[p, rw[p]] for p in unique[:4]]}
+        rw = {}
+        for tag, adapter in (("zero_shot", None), ("trained", s.out / "grpo")):
+            model, tok = load_policy(str(s.lm), adapter=adapter, device="cpu")
+            rw[tag] = dict(zip(unique, rewrite(model, tok, unique, "descriptive")))
+        after = truth_eval.read(pipe, prompts, seeds, made_from=[rw["trained"][p] for p in prompts], **kw)
+        zero = truth_eval.read(pipe, prompts, seeds, made_from=[rw["zero_shot"][p] for p in prompts], **kw)
+        # what GRPO itself added: the trained rewriter against the pretrained one it started from
+        extra = {"vs_zero_shot_rewriter": truth_eval.compare(zero, after),
+                 "examples": [[p, rw["zero_shot"][p], rw["trained"][p]] for p in unique[:4]]}
     else:
         pipe.load_lora_weights(str(s.out / name))
         after = truth_eval.read(pipe, prompts, seeds, **kw)
@@ -271,7 +280,8 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
     result["annotation"] = {"ok": ann.ok, "invalid": ann.invalid, "cost_usd": ann.cost_usd}
     stage("VP-Score", lambda: reward_model(s, c))
     rm = VPScore.from_pretrained(s.vpscore, device="cpu")
-    runners = {"refl": run_refl, "dpo": run_dpo, "grpo": run_grpo}
+    runners = {"refl": run_refl, "dpo": run_dpo, "grpo": run_grpo,
+               "refl-reg-only": lambda s, c: run_refl(s, c, "refl-reg-only")}
     for name in c.loops:
         stage(name, lambda: runners[name](s, c))
     aspects = {"prompt_following": 1.0}
@@ -282,6 +292,8 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
             r = stage(f"measure {name} ({where})", lambda: measure(s, c, name, items, rm, aspects))
             result.setdefault(name, {})[where] = {k: v for k, v in r.items() if not k.startswith("_")}
             log(truth_eval.line(f"{name} {where}", r))
+            if "vs_zero_shot_rewriter" in r:
+                log(truth_eval.line(f"{name} {where}, trained vs pretrained rewriter", r["vs_zero_shot_rewriter"]))
     result["seconds"]["total"] = round(time.monotonic() - t0, 1)
     (s.out / "closed_loop.json").write_text(json.dumps(result, indent=1, default=str))
     return result
