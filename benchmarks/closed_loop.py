@@ -9,6 +9,9 @@ reward's gain and the truth's gain (both in units of their spread before).
 
     python benchmarks/closed_loop.py [--out DIR] [--small] [--loops refl,dpo,grpo] [--refl-steps N] ...
 
+A rerun with the same --out keeps the stages whose results are on disk (image sets and judgements, VP-Score,
+each loop's weights) and measures again; delete a stage's folder to redo it.
+
 Goals (issue 28): ReFL and DPO raise "all right" on held-out prompts by >= 0.15 with a CI that excludes 0,
 a truth win rate vs base >= 0.6, and GRPO's rewriter beats the original prompt on the truth. The last
 lines say which goals were met and by how much the others were missed.
@@ -21,6 +24,8 @@ import json
 import tempfile
 from dataclasses import fields
 from pathlib import Path
+
+import yaml
 
 from vprefer.world.loop import LOOPS, LoopConfig, closed_loop
 
@@ -41,15 +46,24 @@ def goals(result: dict) -> list[str]:
         ok = a["delta"] > 0 and w["rate"] > 0.5
         out.append(f"grpo: rewrite vs original prompt, all right {a['delta']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}], "
                    f"win rate {w['rate']:.3f}: {'met' if ok else 'MISSED'}")
+        z = h.get("vs_zero_shot_rewriter", {}).get("all_right")
+        if z:  # what GRPO added to the pretrained rewriter it started from (the goal above credits both)
+            out.append(f"grpo's own share (trained vs pretrained rewriter): all right {z['delta']:+.3f} "
+                       f"[{z['ci'][0]:+.3f}, {z['ci'][1]:+.3f}]")
+    if "refl" in result and "refl-reg-only" in result:
+        d = result["refl"]["held_out"]["all_right"]["delta"] - result["refl-reg-only"]["held_out"]["all_right"]["delta"]
+        out.append(f"refl minus its regulariser-only control (the reward's own share): all right {d:+.3f}")
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="keep everything here (default: a temporary folder)")
-    ap.add_argument("--small", action="store_true", help="the demo's sizes")
-    ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--small", action="store_true", help="small sizes (the closed-loop test's scale)")
+    ap.add_argument("--loops", default=",".join(LOOPS), help="which loops to run and measure, comma-separated")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--set", action="append", default=[], metavar="LOOP.FIELD=VALUE",
+                    help="override one recipe field of one loop, e.g. refl.grad_scale=0.1 (repeatable)")
     for f in fields(LoopConfig):
         if f.type in ("int", "float"):
             ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float)
@@ -60,6 +74,12 @@ def main() -> None:
         if v is not None:
             setattr(c, f.name, v)
     c.loops = tuple(x for x in args.loops.split(",") if x)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        loop, _, name = key.partition(".")
+        if not (loop and name and value):
+            raise SystemExit(f"--set {item!r}: expected LOOP.FIELD=VALUE, e.g. refl.grad_scale=0.1")
+        c.overrides.setdefault(loop, {})[name] = yaml.safe_load(value)
     with tempfile.TemporaryDirectory() as tmp:
         result = closed_loop(Path(args.out or tmp), c, log=lambda m: print(m, flush=True))
     for line in goals(result):

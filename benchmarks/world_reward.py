@@ -13,7 +13,7 @@ accuracy on the same held-out pairs:
 * ``shuffled`` (with ``--shuffled DIR``): LoRA on a backbone pretrained with captions shuffled against
   images (``vprefer world pretrain-backbone --shuffle-captions``): the wrong version.
 
-    python benchmarks/world_reward.py [--sets 3 --images 6 --epochs 4] [--shuffled DIR] [--only world,tiny]
+    python benchmarks/world_reward.py [--sets 3 --images 6 --epochs N] [--shuffled DIR] [--only world,tiny]
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ ASPECTS = ("prompt_following", "overall", "aesthetics", "fidelity", "harmlessnes
 
 def recipe_for(variant: str, tmp: Path, args) -> RewardRecipe:
     r = RewardRecipe.load("vp-score-tiny" if variant == "tiny" else "vp-score-world")
-    r.training.epochs, r.training.logging_steps, r.training.save_steps = args.epochs, 10_000, 10_000
+    r.training.epochs = args.epochs or r.training.epochs
+    r.training.logging_steps, r.training.save_steps = 10_000, 10_000
     r.annotators = ["judge"]
     if variant == "world":
         r.backbone.name_or_path = args.backbone or str(tmp / "world-clip")
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=3, help="image sets per training prompt (43 prompts)")
     ap.add_argument("--held-out-sets", type=int, default=8, help="image sets per held-out prompt (11 prompts)")
     ap.add_argument("--images", type=int, default=6)
-    ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--epochs", type=float, default=None, help="default: each recipe's own")
     ap.add_argument("--judge-noise", type=float, default=1.0)
     ap.add_argument("--bias", type=float, default=0.4)
     ap.add_argument("--backbone", help="a world CLIP folder (default: the shipped one)")

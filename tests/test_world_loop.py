@@ -170,3 +170,23 @@ def test_the_closed_loop_runs_every_stage_on_the_real_paths(tmp_path):
     assert (tmp_path / "loop" / "refl" / "adapter_config.json").exists() or any((tmp_path / "loop" / "refl").glob("*.safetensors"))
     assert json.loads((tmp_path / "loop" / "closed_loop.json").read_text())["seconds"]["total"] > 0
     assert Path(tmp_path / "loop" / "grpo" / "adapter_config.json").exists()
+
+
+def test_the_truth_grid_frames_each_image_by_its_truth_and_keeps_reading_order(tmp_path):
+    """Wrong versions: frames from the other row's truth, or columns picked by how they look."""
+    from PIL import Image
+
+    from vprefer.world.scenes import Scene, draw
+
+    ims = [draw(Scene("red", "circle", "white"), 32, seed=k) for k in range(3)]
+    prompts = ["a red circle on a white background"] * 2 + ["a blue square on a grey background"]
+    before = truth_eval.Reading(prompts, [1, 2, 1], [{"all_right": True}, {"all_right": True}, {"all_right": False}],
+                                images=ims)
+    after = truth_eval.Reading(prompts, [1, 2, 1], [{"all_right": False}, {"all_right": True}, {"all_right": True}],
+                               images=ims)
+    g = Image.open(truth_eval.grid(before, after, tmp_path / "g.png", side=40)).convert("RGB")
+    assert g.width == 2 * (40 + 4) + 4  # one column per prompt (its first seed), in reading order
+    green, red = (0x1a, 0x98, 0x50), (0xd7, 0x30, 0x27)
+    top, bottom = 4 - 1, 4 + 40 + 4 - 1  # a frame pixel of each row
+    assert g.getpixel((4 + 10, top)) == green and g.getpixel((4 + 10, bottom)) == red
+    assert g.getpixel((4 + 44 + 10, top)) == red and g.getpixel((4 + 44 + 10, bottom)) == green

@@ -1,13 +1,16 @@
-"""``vprefer demo``: the whole loop, offline, on CPU, with stand-in models and a stand-in judge.
+"""``vprefer demo``: the whole loop, offline, on CPU, on the stand-in world, measured on its truth.
 
-1. a synthetic prompt + image-set dataset with known truths (``vprefer.testing.synthetic``), ingested;
-2. the embedded judge server on 127.0.0.1, annotation through the real ``openai`` client path,
-   with 2 permutations and a little injected trouble (429s, malformed answers, position bias);
-   then a few images recaptioned (short and detailed) through the same client;
-3. pairs; a tiny VP-Score trained on the judge's pairs and evaluated on a held-out world whose
-   ground truth stands in for human labels (and the judge itself checked against it);
-4. a short ReFL and a short Diffusion-DPO on a tiny SD-architecture pipeline;
-5. ``report.html`` with the plots.
+1. the stand-in world (``vprefer.world``): the shipped world generator makes image sets for training prompts
+   (with drawn "other generators" beside it); held-out prompts name colour-shape-background combinations no
+   training prompt has, drawn with their truth;
+2. the embedded judge server on 127.0.0.1 reads the images by their pixels with noise and a position bias,
+   through the real ``openai`` client path, 2 orders per set and a little injected trouble (429s, malformed
+   answers); then a few images recaptioned (short and detailed) through the same client;
+3. pairs; VP-Score (LoRA on the world's pretrained CLIP) trained on the judge's pairs and checked against the
+   held-out truth (and the judge itself checked against it);
+4. ReFL and Diffusion-DPO on the world generator, and GRPO on the world's pretrained prompt rewriter, each
+   measured on held-out prompts and seeds by the truth reader, before -> after, next to its reward;
+5. ``report.html`` with the plots and the before/after grids.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -35,6 +38,7 @@ from vprefer.annotate import (
 from vprefer.annotate.pairs import judge_scores
 from vprefer.caption import caption
 from vprefer.demo_report import (
+    HELDOUT,
     DemoNumbers,
     caption_rows,
     before_after_reward,
@@ -43,28 +47,25 @@ from vprefer.demo_report import (
     summary,
 )
 from vprefer.demo_report import write as write_report
-from vprefer.ingest import ingest
 from vprefer.metrics import kendall_per_prompt, pair_metrics
 from vprefer.reward import VPScore
 from vprefer.reward.evaluate import evaluate_run
-from vprefer.reward.recipe import RewardRecipe
-from vprefer.reward.train import train_reward
 from vprefer.store import Run
 from vprefer.testing.judge_server import Faults, JudgeServer
-from vprefer.testing.stand_ins import ensure_backbone, ensure_causal_lm, ensure_pipeline
-from vprefer.testing.synthetic import write_dataset, write_truth_pairs
+from vprefer.world import loop as wl
+from vprefer.world import truth_eval, world_prompts
+from vprefer.world.prompts import HELD_OUT_COMBOS
+from vprefer.world.reward_check import write_world_run
 
-
-@dataclass
-class DemoSize:
-    prompts: int
-    heldout: int
-    epochs: float
-    rl_steps: int
-
-
-FULL, FAST = DemoSize(160, 60, 6, 40), DemoSize(40, 20, 1, 6)
+# the demo's sizes: smaller than the closed loop's (benchmarks/closed_loop.py), to stay within 3 minutes on an
+# idle 2-core machine; the judge is asked in 2 orders so the position-bias plot has both
+FULL = replace(wl.LoopConfig.small(), permutations=2, reward_epochs=2, refl_steps=16, dpo_steps=120, grpo_steps=8,
+               eval_seeds=3)
+FAST = replace(FULL, reward_epochs=1, refl_steps=2, dpo_steps=4, grpo_steps=1, eval_seeds=1)
+REFL_BATCH = 4  # the recipe's 8 halved: a ReFL update samples the whole rollout
+HELDOUT_SETS = {False: 2, True: 1}  # drawn image sets per held-out prompt (full, fast)
 CAPTIONED = 6  # images recaptioned in the demo (a second or two)
+LABELS = {"refl": "ReFL", "dpo": "DPO", "grpo": "GRPO rewriter"}
 
 
 @dataclass
@@ -108,101 +109,90 @@ def run_demo(out: str | Path, *, fast: bool = False, console: Console | None = N
         return _run(Path(out), FAST if fast else FULL, fast, console)
 
 
-def _run(out: Path, size: "DemoSize", fast: bool, console: Console) -> DemoResult:
+def _run(out: Path, c: wl.LoopConfig, fast: bool, console: Console) -> DemoResult:
     t0 = time.monotonic()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cache = out / ".cache"
+    s = wl.Stages(out)
 
     def phase(msg: str):
         console.print(f"[bold cyan]▶[/] {msg}  [dim]({time.monotonic() - t0:.0f}s)[/]", soft_wrap=True)
 
-    phase(f"1/7 synthetic dataset: {size.prompts} prompts x 4 images (+ {size.heldout} held-out prompts)")
-    ingest(write_dataset(out / "data" / "train", size.prompts, 4, size=32, seed=0), out / "run")
-    ingest(write_dataset(out / "data" / "heldout", size.heldout, 4, size=32, seed=11), out / "heldout")
-    write_truth_pairs(out / "heldout")
+    n_train = len(wl.training_prompts(c))
+    phase(f"1/7 the stand-in world: the shipped world generator draws {n_train} training prompts x "
+          f"{c.images_per_set} images (+ {c.other_images_per_set} from drawn 'other generators'); "
+          f"{len(HELD_OUT_COMBOS)} held-out prompts (combinations never trained on) drawn with their truth")
+    wl.prepare(s)
+    wl.image_sets(s, c)
+    write_world_run(out / "heldout-images", world_prompts(len(HELD_OUT_COMBOS), 0, held_out=True),
+                    sets_per_prompt=HELDOUT_SETS[fast], images_per_set=4, seed=11, held_out=True,
+                    run_dir=out / HELDOUT)
 
-    phase("2/7 annotating with the stand-in judge (embedded server scoring pixel statistics; real HTTP through "
-          "the openai client, 2 orders per set, injected 429s)")
-    srv = JudgeServer(faults=Faults(latency_s=0.02, rate_429=0.05, malformed_rate=0.03, position_bias=0.4,
-                                    retry_after_s=0.05, seed=1)).start()
+    phase("2/7 annotating with the stand-in judge (an embedded server reading the world's pixels with noise and a "
+          "first-position bias; real HTTP through the openai client, 2 orders per set, injected 429s)")
+    srv = JudgeServer(faults=Faults(latency_s=0.02, rate_429=0.05, malformed_rate=0.03, position_bias=c.position_bias,
+                                    judge_noise=c.judge_noise, retry_after_s=0.05, seed=1)).start()
     try:
-        preset = AnnotatorPreset.load("local-judge", base_url=srv.base_url, permutations=2, concurrency=8)
-        ann = annotate(out / "run", preset, progress=False)
-        annotate(out / "heldout", preset.model_copy(update={"permutations": 1}))  # the judge on the held-out world
+        preset = AnnotatorPreset.load("local-judge", base_url=srv.base_url, permutations=c.permutations, concurrency=8)
+        ann = annotate(s.run, preset, progress=False)
+        annotate(out / HELDOUT, preset.model_copy(update={"permutations": 1}))  # the judge on the held-out prompts
         # recaptioning a few images (ShareGPT4V / DALL-E 3 style) through the same client
-        caps = [caption(out / "run", preset, style=s, limit=CAPTIONED) for s in ("short", "detailed")]
+        caps = [caption(s.run, preset, style=st, limit=CAPTIONED) for st in ("short", "detailed")]
     finally:
         srv.stop()
-    run = Run(out / "run")
+    run = Run(s.run)
     phase(f"3/7 pairs: {ann.ok} answers ok, {ann.invalid} invalid (kept, never scored), ${ann.cost_usd:.4f} priced")
     rk, pairs = build_pairs(run)
     save_pairs(run, rk, pairs)
 
-    phase("4/7 training a tiny stand-in VP-Score on the judge's pairs")
-    recipe = RewardRecipe.load("vp-score-tiny")
-    recipe.backbone.name_or_path = str(cache / "tiny-clip")
-    recipe.training.epochs, recipe.training.val_fraction = size.epochs, 0.1
-    recipe.training.logging_steps, recipe.training.save_steps = 10_000, 10_000
-    ensure_backbone(recipe)
-    train_reward(recipe, [out / "run"], out / "vp-score")
-    rm = VPScore.from_pretrained(out / "vp-score")
-    rm_eval = evaluate_run(rm, out / "heldout", annotator="truth", n_boot=300)
-    hrun = Run(out / "heldout")
-    truth_pairs = hrun.read("pairs").filter(pl.col("annotator") == "truth")
-    judge_eval = judge_vs_truth(hrun, truth_pairs)
+    phase("4/7 training VP-Score (LoRA on the world's pretrained CLIP) on the judge's pairs")
+    wl.reward_model(s, c)
+    rm = VPScore.from_pretrained(s.vpscore)
+    rm_eval = evaluate_run(rm, out / HELDOUT, annotator="truth", n_boot=300)
+    hrun = Run(out / HELDOUT)
+    judge_eval = judge_vs_truth(hrun, hrun.read("pairs").filter(pl.col("annotator") == "truth"))
 
-    phase("5/7 fine-tuning a tiny generator: ReFL against VP-Score, then Diffusion-DPO on the judge's pairs")
-    from vprefer.rl import (
-        DiffusionDPOConfig,
-        DiffusionDPOTrainer,
-        ReFLConfig,
-        ReFLTrainer,
-    )
-    from vprefer.rl.common import config_from_yaml
-    from vprefer.rl.dpo import dpo_pairs
-    from vprefer.rl.refl import run_images
-    from vprefer.rl.sample import before_after
+    phase(f"5/7 fine-tuning the world generator: ReFL against VP-Score ({c.refl_steps} steps), Diffusion-DPO on "
+          f"the judge's pairs ({c.dpo_steps} steps); each measured on the held-out prompts' truth")
+    eval_prompts = sorted(set(wl.held_out_items(c)[0]))[:4]
+    every = {"eval_prompts": eval_prompts}
+    c = replace(c, overrides={"refl": {**every, "eval_every": max(2, c.refl_steps // 2),
+                                       "per_device_train_batch_size": REFL_BATCH},
+                              "dpo": {**every, "eval_every": max(2, c.dpo_steps // 4)},
+                              "grpo": {"eval_prompts": eval_prompts}})
+    wl.run_refl(s, c)
+    wl.run_dpo(s, c)
+    aspects, items = {"prompt_following": 1.0}, wl.held_out_items(c)
+    truth, grids, base = {}, {}, None
 
-    tiny_sd = str(cache / "tiny-sd")
-    ensure_pipeline(tiny_sd, True)
-    prompts = run.read("prompts")["prompt"].to_list()
-    eval_prompts = hrun.read("prompts")["prompt"].to_list()[:4]
-    refl_cfg = config_from_yaml(ReFLConfig, "refl-tiny", output_dir=str(out / "refl"), pretrained=tiny_sd,
-                                max_steps=size.rl_steps, eval_every=max(2, size.rl_steps // 4), eval_prompts=eval_prompts,
-                                report_to=[])
-    ReFLTrainer(refl_cfg, prompts=prompts, reward=rm, pretrain_data=run_images(out / "run", limit=64)).train()
-    dpo_cfg = config_from_yaml(DiffusionDPOConfig, "dpo-tiny", output_dir=str(out / "dpo"), pretrained=tiny_sd,
-                               max_steps=size.rl_steps, eval_every=max(2, size.rl_steps // 4), eval_prompts=eval_prompts,
-                               report_to=[])
-    DiffusionDPOTrainer(dpo_cfg, pairs=dpo_pairs(out / "run", "overall"), reward=rm).train()
-    grids = {name: before_after(out / name, eval_prompts, out / f"{name}-samples", steps=10, guidance=1.0)
-             for name in ("refl", "dpo")}
+    def measure(name: str) -> None:
+        nonlocal base
+        truth[name] = wl.measure(s, c, name, items, rm, aspects, before=base)
+        base, after = truth[name].pop("_readings")
+        grids[name] = truth_eval.grid(base, after, out / "report_files" / f"{name}_truth.png")
 
-    phase("6/7 prompt optimisation: a tiny stand-in rewriter trained with TRL's GRPO against VP-Score")
-    from vprefer.recipes import load_config
-    from vprefer.rl.prompt_opt import PromptOptConfig, PromptOptTrainer
-
-    ensure_causal_lm(str(cache / "tiny-lm"), True)
-    po_cfg = load_config(PromptOptConfig, "grpo-prompts-tiny", "rl", output_dir=str(out / "rewriter"),
-                         max_steps=size.rl_steps, eval_prompts=eval_prompts, disable_tqdm=True)
-    po_cfg.policy, po_cfg.generator["pretrained"] = str(cache / "tiny-lm"), tiny_sd
-    po = PromptOptTrainer(po_cfg, prompts=prompts[:32], reward=rm).train()
+    measure("refl")
+    measure("dpo")
+    phase(f"6/7 prompt optimisation: the world's pretrained rewriter trained with TRL's GRPO against VP-Score "
+          f"({c.grpo_steps} steps)")
+    po = wl.run_grpo(s, c)
+    measure("grpo")
 
     phase("7/7 writing the report")
     elapsed = time.monotonic() - t0
     rm_rows, dropped = decided(rm_eval["aspects"])
     judge_rows, _ = decided(judge_eval)
     numbers = DemoNumbers(ann.planned, ann.ok, ann.invalid, ann.retries, ann.est_cost_usd, ann.cost_usd, rm_rows,
-                          judge_rows, dropped, rl={n: before_after_reward(out / n.lower() / "metrics.jsonl")
-                                                    for n in ("ReFL", "DPO")},
+                          judge_rows, dropped, rl={LABELS[n]: before_after_reward(out / n / "metrics.jsonl",
+                                                                                   "eval/reward/prompt_following")
+                                                    for n in ("refl", "dpo")},
                           dpo_final_acc=last_value(out / "dpo" / "metrics.jsonl", "dpo/implicit_acc"),
-                          rl_steps=size.rl_steps, pixel_change={n: g["changed"] for n, g in grids.items()},
-                          prompt_opt=po, captions=caption_rows(run, out),
-                          caption_cost=sum(c.cost_usd for c in caps))
+                          rl_steps={LABELS[n]: getattr(c, f"{n}_steps") for n in ("refl", "dpo", "grpo")},
+                          truth={LABELS[n]: t for n, t in truth.items()}, prompt_opt=po,
+                          captions=caption_rows(run, out), caption_cost=sum(x.cost_usd for x in caps))
     figs = _figures(out, run, rm_rows, judge_rows)
-    path = write_report(out, numbers, figs, grids, eval_prompts, elapsed, fast)
+    path = write_report(out, numbers, figs, {LABELS[n]: g for n, g in grids.items()}, elapsed, fast)
     return DemoResult(path, summary(numbers, out, elapsed))
 
 

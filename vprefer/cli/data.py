@@ -121,7 +121,8 @@ def demo(
     out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the demo run and report.html."),
     fast: bool = typer.Option(False, "--fast", help="A smaller, quicker version (used by the tests)."),
 ) -> None:
-    """The whole loop offline on CPU with stand-ins: synthetic images -> judge -> pairs -> VP-Score -> ReFL/DPO -> report."""
+    """The whole loop offline on CPU on a stand-in world: world generator -> judge -> pairs -> VP-Score -> ReFL/DPO/GRPO,
+    each measured on held-out prompts by the world's truth -> report.html."""
     from vprefer.demo import run_demo
 
     res = run_demo(out_dir, fast=fast, console=console)

@@ -40,10 +40,10 @@ class LoopConfig:
     permutations: int = 2              # orders the judge sees each set in
     judge_noise: float = 1.0
     position_bias: float = 0.4
-    reward_epochs: float = 4
+    reward_epochs: float = 1           # VP-Score's epochs over the judged run (more overfits the judge's noise)
     refl_steps: int = 240
     dpo_steps: int = 2000
-    grpo_steps: int = 16
+    grpo_steps: int = 100
     eval_seeds: int = 12               # per held-out prompt (11 held-out combinations)
     train_eval_seeds: int = 3          # per training combination, seeds no step saw
     loops: tuple = LOOPS
@@ -228,15 +228,18 @@ def run_grpo(s: Stages, c: LoopConfig) -> dict:
     return PromptOptTrainer(cfg, prompts=training_prompts(c), reward=str(s.vpscore)).train()
 
 
-def measure(s: Stages, c: LoopConfig, name: str, items: tuple[list[str], list[int]], rm, aspects: dict) -> dict:
+def measure(s: Stages, c: LoopConfig, name: str, items: tuple[list[str], list[int]], rm, aspects: dict,
+            before: truth_eval.Reading | None = None) -> dict:
     """Truth before/after for one loop on (prompt, seed) items: the base generator, then with the loop's
-    result (a generator LoRA, or the rewriter's rewrites of the asked prompts)."""
+    result (a generator LoRA, or the rewriter's rewrites of the asked prompts). ``before``: the base
+    generator's reading of the same items, when another loop's measurement already made it."""
     from vprefer.diffusion import load_pipeline
 
     prompts, seeds = items
     pipe = load_pipeline(str(s.sd))
     kw = dict(reward=rm, reward_aspects=aspects, steps=SAMPLE_STEPS, guidance=GUIDANCE)
-    before = truth_eval.read(pipe, prompts, seeds, **kw)
+    if before is None or (before.prompts, before.seeds) != (list(prompts), list(seeds)):
+        before = truth_eval.read(pipe, prompts, seeds, **kw)
     if name == "grpo":
         from vprefer.prompts.local import load_policy, rewrite
 
@@ -258,8 +261,23 @@ def measure(s: Stages, c: LoopConfig, name: str, items: tuple[list[str], list[in
             **extra, "_readings": (before, after)}
 
 
-def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[str], None] = print) -> dict:
-    """Run the whole loop into ``out`` and return its figures (also written to ``out/closed_loop.json``)."""
+def finished(s: Stages, name: str) -> bool:
+    """Whether a stage's result is on disk (a rerun into the same folder skips it; delete it to redo it)."""
+    from vprefer.store import Run
+
+    if name == "image sets":
+        return (s.run / "manifest.json").exists() and Run(s.run).has("pairs")
+    marks = {"VP-Score": s.vpscore / "heads.safetensors", "grpo": s.out / "grpo" / "adapter_model.safetensors"}
+    marks.update({n: s.out / n / "pytorch_lora_weights.safetensors" for n in LOOPS if n != "grpo"})
+    return name in marks and marks[name].exists()
+
+
+def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[str], None] = print,
+                keep_readings: bool = False) -> dict:
+    """Run the whole loop into ``out`` and return its figures (also written to ``out/closed_loop.json``), with
+    a before/after grid per loop of the held-out prompts (``out/grids/NAME.png``). A rerun into the same
+    folder keeps the finished stages (their outputs on disk) and measures again: the same sizes must be
+    asked. ``keep_readings``: the result also holds each measurement's readings (images included)."""
     from vprefer.reward import VPScore
 
     c = c or LoopConfig()
@@ -268,6 +286,9 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
     result: dict = {"config": asdict(c), "seconds": {}}
 
     def stage(name: str, fn):
+        if finished(s, name):
+            log(f"{name}: kept from an earlier run ({time.monotonic() - t0:.0f} s)")
+            return None
         log(f"{name} ({time.monotonic() - t0:.0f} s)")
         t = time.monotonic()
         r = fn()
@@ -275,25 +296,33 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
         return r
 
     stage("models", lambda: prepare(s))
-    stage("image sets", lambda: image_sets(s, c))
-    ann = stage("judge", lambda: judge(s, c))
-    result["annotation"] = {"ok": ann.ok, "invalid": ann.invalid, "cost_usd": ann.cost_usd}
+    ann = stage("image sets", lambda: (image_sets(s, c), judge(s, c))[1])
+    if ann is not None:
+        result["annotation"] = {"ok": ann.ok, "invalid": ann.invalid, "cost_usd": ann.cost_usd}
     stage("VP-Score", lambda: reward_model(s, c))
     rm = VPScore.from_pretrained(s.vpscore, device="cpu")
     runners = {"refl": run_refl, "dpo": run_dpo, "grpo": run_grpo,
                "refl-reg-only": lambda s, c: run_refl(s, c, "refl-reg-only")}
     for name in c.loops:
         stage(name, lambda: runners[name](s, c))
-    aspects = {"prompt_following": 1.0}
+    aspects, base = {"prompt_following": 1.0}, {}
     for name in c.loops:
         for where, items in (("held_out", held_out_items(c)), ("seen", seen_items(c))):
             if not items[0]:
                 continue
-            r = stage(f"measure {name} ({where})", lambda: measure(s, c, name, items, rm, aspects))
+            r = stage(f"measure {name} ({where})", lambda: measure(s, c, name, items, rm, aspects, base.get(where)))
+            base[where] = r["_readings"][0]
             result.setdefault(name, {})[where] = {k: v for k, v in r.items() if not k.startswith("_")}
+            if keep_readings:
+                result[name][where]["_readings"] = r["_readings"]
+            if where == "held_out":
+                truth_eval.grid(*r["_readings"], s.out / "grids" / f"{name}.png",
+                                title=f"{name}: before (top) / after, held-out prompts")
             log(truth_eval.line(f"{name} {where}", r))
             if "vs_zero_shot_rewriter" in r:
                 log(truth_eval.line(f"{name} {where}, trained vs pretrained rewriter", r["vs_zero_shot_rewriter"]))
     result["seconds"]["total"] = round(time.monotonic() - t0, 1)
-    (s.out / "closed_loop.json").write_text(json.dumps(result, indent=1, default=str))
+    saved = {k: ({w: {f: x for f, x in v.items() if not f.startswith("_")} for w, v in r.items()}
+                 if k in c.loops else r) for k, r in result.items()}
+    (s.out / "closed_loop.json").write_text(json.dumps(saved, indent=1, default=str))
     return result

@@ -38,10 +38,10 @@ def _scene(rng: random.Random, prompt: str, allow_held_out: bool) -> Scene:
 
 def write_world_run(folder: str | Path, prompts: Sequence[str], *, sets_per_prompt: int = 3,
                     images_per_set: int = 6, size: int = 32, seed: int = 0, judge_noise: float = 1.0,
-                    position_bias: float = 0.4, held_out: bool = False) -> Path:
-    """Draw the image sets, ingest them into ``folder/run`` and write ``truth`` and ``judge`` pairs for
-    every aspect and ``overall`` (the sum of the four, as the judge ranks it); returns the run folder.
-    ``held_out``: the prompts are held-out ones, so their triples may be drawn."""
+                    position_bias: float = 0.4, held_out: bool = False, run_dir: str | Path | None = None) -> Path:
+    """Draw the image sets, ingest them into ``run_dir`` (default ``folder/run``) and write ``truth`` and
+    ``judge`` pairs for every aspect and ``overall`` (the sum of the four, as the judge ranks it); returns
+    the run folder. ``held_out``: the prompts are held-out ones, so their triples may be drawn."""
     from vprefer import ids, schema
     from vprefer.annotate.pairs import save_pairs
     from vprefer.ingest import ingest
@@ -71,7 +71,7 @@ def write_world_run(folder: str | Path, prompts: Sequence[str], *, sets_per_prom
                           "meta": {"truth": truths, "judge": judged}})
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    run_dir = folder / "run"
+    run_dir = Path(run_dir) if run_dir is not None else folder / "run"
     ingest(manifest, run_dir)
     run = Run(run_dir)
     imgs = run.read("images").join(run.read("prompts"), on="prompt_id").sort("prompt_id", "seed")

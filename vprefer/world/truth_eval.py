@@ -151,3 +151,39 @@ def line(name: str, c: dict) -> str:
         parts.append(f"VP-Score {r['before']:+.2f}->{r['after']:+.2f}; gain in sd: reward {h['reward_gain_sd']:+.2f}, "
                      f"truth {h['truth_gain_sd']:+.2f} (gap {h['gap_sd']:+.2f})")
     return "  ".join(parts)
+
+
+def grid(before: Reading, after: Reading, path, *, per_prompt: int = 1, side: int = 96, title: str = ""):
+    """Before (top row) and after (bottom row) of the same (prompt, seed), the first ``per_prompt`` seeds of
+    every prompt in reading order (none picked for looking good), upscaled so a person can see 32-px images.
+    A green frame: every attribute the prompt names is right; red: at least one is wrong. Under each column,
+    the prompt's attributes."""
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw
+
+    keep, seen = [], {}
+    for i, p in enumerate(before.prompts):
+        if seen.get(p, 0) < per_prompt:
+            seen[p] = seen.get(p, 0) + 1
+            keep.append(i)
+    pad, label, head = 4, 28, 18 if title else 0
+    w, h = len(keep) * (side + pad) + pad, head + 2 * (side + pad) + label + pad
+    canvas = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(canvas)
+    if title:
+        d.text((pad, 3), title, fill="black")
+    for col, i in enumerate(keep):
+        x = pad + col * (side + pad)
+        for row, r in enumerate((before, after)):
+            y = head + pad + row * (side + pad)
+            ok = bool(r.truth[i]["all_right"])
+            d.rectangle([x - 2, y - 2, x + side + 1, y + side + 1], fill="#1a9850" if ok else "#d73027")
+            canvas.paste(r.images[i].convert("RGB").resize((side - 4, side - 4), Image.Resampling.NEAREST),
+                         (x + 2, y + 2))
+        words = before.prompts[i].removeprefix("a ").replace(" background", "").split(" on a ")
+        for k, text in enumerate(words[:2]):
+            d.text((x, head + 2 * (side + pad) + pad + k * 12), text[:16], fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return Path(path)
