@@ -190,3 +190,25 @@ def test_the_truth_grid_frames_each_image_by_its_truth_and_keeps_reading_order(t
     top, bottom = 4 - 1, 4 + 40 + 4 - 1  # a frame pixel of each row
     assert g.getpixel((4 + 10, top)) == green and g.getpixel((4 + 10, bottom)) == red
     assert g.getpixel((4 + 44 + 10, top)) == red and g.getpixel((4 + 44 + 10, bottom)) == green
+
+
+def test_a_rerun_keeps_only_the_stages_whose_results_are_on_disk(tmp_path):
+    """Wrong versions: a stage skipped because its folder exists (a run killed mid-training would be kept
+    half-done), or the measurements skipped (a rerun must measure again)."""
+    from vprefer.store import Run
+    from vprefer.world.loop import Stages, finished
+
+    s = Stages(tmp_path / "cl")
+    assert not any(finished(s, n) for n in ("image sets", "VP-Score", "refl", "dpo", "grpo", "models"))
+    (s.out / "refl").mkdir(parents=True)
+    (s.out / "refl" / "metrics.jsonl").write_text("{}\n")  # started, not finished
+    assert not finished(s, "refl")
+    (s.out / "refl" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    (s.out / "grpo").mkdir()
+    (s.out / "grpo" / "adapter_model.safetensors").write_bytes(b"x")
+    s.vpscore.mkdir()
+    (s.vpscore / "heads.safetensors").write_bytes(b"x")
+    assert finished(s, "refl") and finished(s, "grpo") and finished(s, "VP-Score") and not finished(s, "dpo")
+    assert not finished(s, "measure refl (held_out)")
+    Run(s.run, create=True)
+    assert not finished(s, "image sets")  # a run without pairs: the judge has not finished
