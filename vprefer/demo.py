@@ -155,7 +155,8 @@ def _run(out: Path, c: wl.LoopConfig, fast: bool, console: Console) -> DemoResul
 
     phase(f"5/7 fine-tuning the world generator: ReFL against VP-Score ({c.refl_steps} steps), Diffusion-DPO on "
           f"the judge's pairs ({c.dpo_steps} steps); each measured on the held-out prompts' truth")
-    eval_prompts = sorted(set(wl.held_out_items(c)[0]))[:4]
+    items = wl.held_out_items(c)
+    eval_prompts = sorted(set(items[0]))[:4]
     every = {"eval_prompts": eval_prompts}
     c = replace(c, overrides={"refl": {**every, "eval_every": max(2, c.refl_steps // 2),
                                        "per_device_train_batch_size": REFL_BATCH},
@@ -163,7 +164,7 @@ def _run(out: Path, c: wl.LoopConfig, fast: bool, console: Console) -> DemoResul
                               "grpo": {"eval_prompts": eval_prompts}})
     wl.run_refl(s, c)
     wl.run_dpo(s, c)
-    aspects, items = {"prompt_following": 1.0}, wl.held_out_items(c)
+    aspects = {"prompt_following": 1.0}
     truth, grids, base = {}, {}, None
 
     def measure(name: str) -> None:

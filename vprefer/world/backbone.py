@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from vprefer.world.prompts import HELD_OUT_COMBOS, parse_prompt, prompt_of
 from vprefer.world.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, WorldError, draw, random_scene
+from vprefer.world.training import loss_figures, single_threaded
 
 STYLES = ("plain", "descriptive", "short")
 NOISY = ", with grainy noise and glitch blocks"
@@ -157,10 +158,11 @@ def _pooled(x):
     return x if isinstance(x, torch.Tensor) else x.pooler_output
 
 
-def _pretrain_backbone(out: str | Path, *, steps: int = 2000, batch_size: int = 96, pool: int = 3000,
-                      learning_rate: float = 2e-3, image_size: int = 32, seed: int = 0,
-                      shuffle_captions: bool = False, held_out: bool = True, log: Callable[[str], None] | None = print,
-                      log_every: int = 100, zero_shot_images: int = 330, **arch) -> dict:
+@single_threaded
+def pretrain_backbone(out: str | Path, *, steps: int = 2000, batch_size: int = 96, pool: int = 3000,
+                     learning_rate: float = 2e-3, image_size: int = 32, seed: int = 0,
+                     shuffle_captions: bool = False, held_out: bool = True, log: Callable[[str], None] | None = print,
+                     log_every: int = 100, zero_shot_images: int = 330, **arch) -> dict:
     """Pretrain a world CLIP and ``save_pretrained`` it (safetensors), its tokenizer and image processor
     to ``out``; returns what :data:`META` records. ``steps=0`` saves the random initialisation.
     ``shuffle_captions``: the wrong version, each image trained with the caption of another: the towers
@@ -209,21 +211,8 @@ def _pretrain_backbone(out: str | Path, *, steps: int = 2000, batch_size: int = 
     zs = zero_shot(model, tok, proc, n=zero_shot_images, image_size=image_size)
     meta = {"kind": "world CLIP", "steps": steps, "batch_size": batch_size, "pool": pool,
             "learning_rate": learning_rate, "seed": seed, "image_size": image_size, "arch": {**ARCH, **arch},
-            "shuffle_captions": shuffle_captions, "held_out_combinations": held_out, "first_loss": losses[0] if losses else None,
-            "last_loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None,
+            "shuffle_captions": shuffle_captions, "held_out_combinations": held_out, **loss_figures(losses),
             "held_out_zero_shot": zs, "seconds": round(time.perf_counter() - t0, 1),
             "parameters": sum(p.numel() for p in model.parameters())}
     (out / META).write_text(json.dumps(meta, indent=2))
     return meta
-
-
-def pretrain_backbone(*args, **kwargs) -> dict:
-    """See :func:`_pretrain_backbone`; runs on one thread, so the same command writes the same weights on any
-    machine (a sum's order depends on the thread count) — and, on a shared 2-core machine, 8x faster
-    than two threads contending (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _pretrain_backbone(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)

@@ -28,6 +28,7 @@ import torch
 
 from vprefer.world.prompts import HELD_OUT_COMBOS, parse_prompt, prompt_of, world_prompts
 from vprefer.world.scenes import SIZES, Scene, WorldError, random_scene
+from vprefer.world.training import loss_figures, single_threaded
 
 META = "vprefer_world_lm.json"
 STYLE = "descriptive"  # the rewriter's instruction (vprefer.prompts.upsample.STYLES)
@@ -94,9 +95,8 @@ def new_lm(out: str | Path, *, hidden: int = 64, layers: int = 2, seed: int = 0)
     caption is then one attention lookup instead of six, which a two-layer model learns in minutes, and
     the system turn is ~60 tokens instead of ~260."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    from vprefer.testing.tiny_lm import CHAT_TEMPLATE, SPECIAL
+    from vprefer.testing.tiny_lm import SPECIAL, chat_lm
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -104,18 +104,7 @@ def new_lm(out: str | Path, *, hidden: int = 64, layers: int = 2, seed: int = 0)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token=None,
-                                   unk_token="<unk>", model_max_length=256)
-    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|endoftext|>"]})
-    fast.chat_template = CHAT_TEMPLATE
-    cfg = Qwen2Config(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=vocab["<pad>"], eos_token_id=vocab["<|im_end|>"], bos_token_id=None,
-                      tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(cfg)
-    model.generation_config.eos_token_id = vocab["<|im_end|>"]
-    model.generation_config.pad_token_id = vocab["<pad>"]
-    return model, fast
+    return chat_lm(tok, vocab, unk_token="<unk>", hidden=hidden, layers=layers, max_len=256)
 
 
 def _prefix(tok) -> list[int]:
@@ -159,9 +148,10 @@ def _loss(model, prefix: list[int], batch: dict[str, torch.Tensor]) -> torch.Ten
     return model(**batch, past_key_values=cache, use_cache=True).loss
 
 
-def _pretrain_lm(out: str | Path, *, steps: int = 3000, batch_size: int = 24, learning_rate: float = 3e-3,
-                seed: int = 0, log: Callable[[str], None] | None = print, log_every: int = 50,
-                evaluate: bool = True, **arch) -> dict:
+@single_threaded
+def pretrain_lm(out: str | Path, *, steps: int = 3000, batch_size: int = 24, learning_rate: float = 3e-3,
+               seed: int = 0, log: Callable[[str], None] | None = print, log_every: int = 50,
+               evaluate: bool = True, **arch) -> dict:
     """Pretrain the world rewriter and ``save_pretrained`` it (safetensors) with its tokenizer to ``out``;
     ``AutoModelForCausalLM.from_pretrained(out)`` loads it. ``steps=0`` saves the random initialisation.
     Returns what :data:`META` records (held-out figures included when ``evaluate``)."""
@@ -195,8 +185,7 @@ def _pretrain_lm(out: str | Path, *, steps: int = 3000, batch_size: int = 24, le
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     meta = {"kind": "world rewriter", "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
-            "seed": seed, "arch": a, "first_loss": losses[0] if losses else None,
-            "last_loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None,
+            "seed": seed, "arch": a, **loss_figures(losses),
             "parameters": sum(p.numel() for p in model.parameters())}
     if evaluate:  # the saved folder, loaded as a user loads it (an in-memory tokenizer hid a loading defect)
         from vprefer.prompts.local import load_policy
@@ -205,15 +194,3 @@ def _pretrain_lm(out: str | Path, *, steps: int = 3000, batch_size: int = 24, le
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     (out / META).write_text(json.dumps(meta, indent=2))
     return meta
-
-
-def pretrain_lm(*args, **kwargs) -> dict:
-    """See :func:`_pretrain_lm`; runs on one thread, so the same command writes the same weights on any
-    machine (a sum's order depends on the thread count) — and, on a shared 2-core machine, 8x faster
-    than two threads contending (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _pretrain_lm(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)

@@ -272,12 +272,11 @@ def finished(s: Stages, name: str) -> bool:
     return name in marks and marks[name].exists()
 
 
-def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[str], None] = print,
-                keep_readings: bool = False) -> dict:
+def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[str], None] = print) -> dict:
     """Run the whole loop into ``out`` and return its figures (also written to ``out/closed_loop.json``), with
     a before/after grid per loop of the held-out prompts (``out/grids/NAME.png``). A rerun into the same
     folder keeps the finished stages (their outputs on disk) and measures again: the same sizes must be
-    asked. ``keep_readings``: the result also holds each measurement's readings (images included)."""
+    asked."""
     from vprefer.reward import VPScore
 
     c = c or LoopConfig()
@@ -313,8 +312,6 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
             r = stage(f"measure {name} ({where})", lambda: measure(s, c, name, items, rm, aspects, base.get(where)))
             base[where] = r["_readings"][0]
             result.setdefault(name, {})[where] = {k: v for k, v in r.items() if not k.startswith("_")}
-            if keep_readings:
-                result[name][where]["_readings"] = r["_readings"]
             if where == "held_out":
                 truth_eval.grid(*r["_readings"], s.out / "grids" / f"{name}.png",
                                 title=f"{name}: before (top) / after, held-out prompts")
@@ -322,7 +319,5 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
             if "vs_zero_shot_rewriter" in r:
                 log(truth_eval.line(f"{name} {where}, trained vs pretrained rewriter", r["vs_zero_shot_rewriter"]))
     result["seconds"]["total"] = round(time.monotonic() - t0, 1)
-    saved = {k: ({w: {f: x for f, x in v.items() if not f.startswith("_")} for w, v in r.items()}
-                 if k in c.loops else r) for k, r in result.items()}
-    (s.out / "closed_loop.json").write_text(json.dumps(saved, indent=1, default=str))
+    (s.out / "closed_loop.json").write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -16,6 +16,7 @@ prompt rewriter: the original prompt, not the rewrite), and before and after are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -158,8 +159,6 @@ def grid(before: Reading, after: Reading, path, *, per_prompt: int = 1, side: in
     every prompt in reading order (none picked for looking good), upscaled so a person can see 32-px images.
     A green frame: every attribute the prompt names is right; red: at least one is wrong. Under each column,
     the prompt's attributes."""
-    from pathlib import Path
-
     from PIL import Image, ImageDraw
 
     keep, seen = [], {}
