@@ -183,15 +183,16 @@ def test_batch_mode_happy_path_and_error_file_lines_are_resubmitted(judge, synth
 
 
 def test_batch_lost_batch_id_is_found_by_metadata_not_created_twice(judge, synth_run):
-    from vprefer.annotate.batch import BatchRunner
-    from vprefer.llm import Journal
-    from vprefer.annotate.requests import image_uris
+    from vprefer.annotate.job import AnnotationJob
+    from vprefer.annotate.records import ledger_for
+    from vprefer.llm import JobBatches
 
     p = local_preset(judge, mode="batch")
-    run, rubric = Run(synth_run), Rubric.load(p.rubric)
-    reqs = plan(run, p, rubric)
-    with Journal(run, p.slug) as j:
-        BatchRunner(run, p, rubric, j, run_id="x").submit(reqs, image_uris(run))
+    run = Run(synth_run)
+    job = AnnotationJob(run, p, run_id="x")
+    reqs = job.plan(run, None, dry_run=False)
+    with ledger_for(run, p.slug, p.annotator_id) as ledger:
+        JobBatches(run, job, ledger).submit(reqs)
     state = synth_run / "state" / f"batches-{p.slug}.json"
     entries = json.loads(state.read_text())
     assert len(entries) == 1 and entries[0]["batch_id"]
@@ -306,14 +307,11 @@ def test_the_wait_for_answers_left_in_flight_shows_in_progress(judge, synth_run)
     """A request the last process sent a moment ago may still be running: the resume waits for its stored
     answer (up to timeout_s) rather than pay again, and the progress line says so while it waits (it used
     to stand still with no word)."""
-    import asyncio
     import time
 
-    from vprefer.annotate.online import OnlineRunner
-    from vprefer.annotate.records import ledger_for
-    from vprefer.annotate.requests import image_uris
+    from vprefer.annotate.job import AnnotationJob
     from vprefer.annotate.runner import progress_note
-    from vprefer.llm import Report
+    from vprefer.llm import Report, run_job
 
     p = local_preset(judge, store_completions=True, timeout_s=2.5, permutations=1)
     rubric, run = Rubric.load(p.rubric), Run(synth_run)
@@ -322,10 +320,8 @@ def test_the_wait_for_answers_left_in_flight_shows_in_progress(judge, synth_run)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"event": "sent", "request_id": reqs[0].request_id, "attempt": 1,
                                 "at": time.time()}) + "\n")
-    ledger, report, notes = ledger_for(run, p.slug, p.annotator_id), Report(), []
-    runner = OnlineRunner(run, p, rubric, ledger, image_uris(run), run_id="t", report=report,
-                          on_update=lambda s: notes.append(progress_note(s, p)))
-    with ledger:
-        asyncio.run(runner.run_all(reqs))
+    report, notes = Report(), []
+    run_job(run, AnnotationJob(run, p, run_id="t"), limit=1, report=report,
+            on_update=lambda s: notes.append(progress_note(s, p)))
     assert any(n.startswith("waiting for 1 answer in flight") for n in notes), notes
     assert notes[-1] == "" and report.recovering == 0 and report.ok == 1

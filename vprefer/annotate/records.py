@@ -56,14 +56,19 @@ def rows_from_record(rec: dict, aspects: list[str]) -> list[dict]:
     return rows
 
 
-def ledger_for(run: Run, slug: str, annotator: str) -> Ledger:
-    """The annotator's ledger, told what the ``annotations`` table already holds (one scan of it)."""
+def recorded(run: Run, annotator: str) -> tuple[list[str], float]:
+    """The request ids ``annotations`` already holds for this annotator and what they cost (one scan of it)."""
     if not run.has("annotations"):
-        return Ledger(run, slug)
+        return [], 0.0
     per_req = (run.scan("annotations").filter(pl.col("annotator") == annotator)
                .group_by("request_id").agg(pl.col("cost_usd").sum()).collect())
-    return Ledger(run, slug, recorded=per_req["request_id"].to_list(),
-                  recorded_usd=float(per_req["cost_usd"].sum() or 0.0))
+    return per_req["request_id"].to_list(), float(per_req["cost_usd"].sum() or 0.0)
+
+
+def ledger_for(run: Run, slug: str, annotator: str) -> Ledger:
+    """The annotator's ledger, told what the ``annotations`` table already holds."""
+    ids, usd = recorded(run, annotator)
+    return Ledger(run, slug, recorded=ids, recorded_usd=usd)
 
 
 COMPACT_AFTER_PARTS = 32  # readers scan base + parts; merging 16M rows on every fold would cost more than it saves

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import Field
 
 from vprefer.images import jpeg_data_url
-from vprefer.llm import ClientSettings, cost
+from vprefer.llm import ClientSettings, Paid, cost
 from vprefer.recipes import Recipe, find_asset
 
 
@@ -87,11 +87,11 @@ def estimate_tokens(style: CaptionStyle, preset: ClientSettings) -> tuple[int, i
     return (len(style.system) + len(style.user)) // 4 + 12 + img, round(style.expected_words * 1.35) + 2
 
 
-def estimate_cost(style: CaptionStyle, preset: ClientSettings, paid: list[float], *, batch: bool,
+def estimate_cost(style: CaptionStyle, preset: ClientSettings, paid: Paid, *, batch: bool,
                   upper: bool = False) -> float:
     """One caption's cost: once three are answered, their billed mean (``upper``: their max); else the
     token estimate at the preset's prices."""
-    if len(paid) >= 3:
-        return max(paid) if upper else sum(paid) / len(paid)
+    if (c := paid.calibrated(upper)) is not None:
+        return c
     tin, tout = estimate_tokens(style, preset)
     return cost(preset, tin, tout, batch=batch)

@@ -22,10 +22,13 @@ Only what is exported here is public; jobs never import the submodules.
 from vprefer.llm.batch import BatchRunner
 from vprefer.llm.client import Client, FatalAPIError, PermanentError, ended, short_error, usage
 from vprefer.llm.journal import Journal, read as read_journal
-from vprefer.llm.ledger import Ledger
+from vprefer.llm.engine import run_job
+from vprefer.llm.job import ChatJob, JobBatches, ask
+from vprefer.llm.ledger import Ledger, Paid
 from vprefer.llm.report import Outcome, Report
 from vprefer.llm.send import send_all
 from vprefer.llm.settings import ClientSettings, cost
 
-__all__ = ["BatchRunner", "Client", "ClientSettings", "FatalAPIError", "Journal", "Ledger", "Outcome",
-           "PermanentError", "Report", "cost", "ended", "read_journal", "send_all", "short_error", "usage"]
+__all__ = ["BatchRunner", "ChatJob", "Client", "ClientSettings", "FatalAPIError", "JobBatches", "Journal", "Ledger",
+           "Outcome", "Paid", "PermanentError", "Report", "ask", "cost", "ended", "read_journal", "run_job", "send_all",
+           "short_error", "usage"]

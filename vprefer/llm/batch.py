@@ -1,6 +1,6 @@
 """The OpenAI Batch API (``/v1/batches``; the same JSONL runs under vLLM's ``run_batch``).
 
-Crash safety, step by step. The state file ``RUN/state/batches-<annotator>.json``
+Crash safety, step by step. The state file ``RUN/state/batches-<job>.json``
 is rewritten atomically after every step, so a ``kill -9`` anywhere leaves one
 of these situations, each resumed without paying twice:
 
@@ -55,9 +55,10 @@ T = TypeVar("T", bound=Item)
 
 
 class BatchState:
-    def __init__(self, run: Run, settings: ClientSettings):
+    def __init__(self, run: Run, settings: ClientSettings, name: str | None = None):
+        """``name``: the job's state name (default: the annotator's slug, annotation's file)."""
         self.dir = run.subdir("state")
-        self.path = self.dir / f"batches-{settings.slug}.json"
+        self.path = self.dir / f"batches-{name or settings.slug}.json"
         self.entries: list[dict] = json.loads(self.path.read_text()) if self.path.exists() else []
 
     def save(self) -> None:
@@ -74,9 +75,9 @@ class BatchState:
 
 class BatchRunner(Generic[T]):
     def __init__(self, run: Run, settings: ClientSettings, *, report: Report | None = None,
-                 on_update: Callable[[Report], None] | None = None):
+                 on_update: Callable[[Report], None] | None = None, state_name: str | None = None):
         self.run, self.settings = run, settings
-        self.state = BatchState(run, settings)
+        self.state = BatchState(run, settings, state_name)
         self._client = None
         self.report = report if report is not None else Report()
         self.on_update = on_update or (lambda r: None)

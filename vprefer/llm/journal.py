@@ -117,11 +117,11 @@ READ_BYTES = 16 << 20
 
 
 _INDEX = {"event": pl.String, "request_id": pl.String, "at": pl.Float64, "cost_usd": pl.Float64,
-          "in_flight": pl.Boolean}
+          "in_flight": pl.Boolean, "status": pl.String}
 
 
 def index(path: Path) -> pl.DataFrame:
-    """``event, request_id, at, cost_usd, in_flight`` of every line, in order: what a ledger needs, read by polars' JSON
+    """``event, request_id, at, cost_usd, in_flight, status`` of every line, in order: what a ledger needs, read by polars' JSON
     reader a chunk at a time (1M answers in seconds, never holding the records or the file). A torn or
     garbled line is skipped, as :func:`read` skips it."""
     if not path.exists() or path.stat().st_size == 0:

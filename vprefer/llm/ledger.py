@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterable
 
 import polars as pl
@@ -25,6 +26,23 @@ from vprefer.store import Run
 
 
 _ENDS = ("transient", "error")  # with ``in_flight: false``, an attempt the server refused (see the journal)
+
+
+@dataclass(frozen=True)
+class Paid:
+    """Billed costs of accepted answers: how many, their sum and their largest."""
+    n: int = 0
+    total: float = 0.0
+    largest: float = 0.0
+
+    def plus(self, c: float) -> "Paid":
+        return Paid(self.n + 1, self.total + c, max(self.largest, c))
+
+    def calibrated(self, upper: bool) -> float | None:
+        """Once three answers are billed: their mean (``upper``: their largest); before that, None."""
+        if self.n < 3:
+            return None
+        return self.largest if upper else self.total / self.n
 
 
 class Ledger:
@@ -37,6 +55,7 @@ class Ledger:
         self._recorded_usd = recorded_usd
         self._unrecorded_usd = 0.0  # kept as a running sum: the send loop asks before every request
         self._answers: dict[str, float] = {}  # first "done" per request (the one paid for) -> its cost
+        self._paid = Paid()  # the billed costs of accepted ("ok") answers: count, sum, max
         self._sent: set[str] = set()
         self._sent_at: dict[str, float] = {}  # wall-clock time of the last "sent" line per request
         self._lock = threading.Lock()
@@ -57,6 +76,8 @@ class Ledger:
         self._sent_at = dict(zip(sent["request_id"].to_list(), sent["at"].fill_null(0.0).to_list()))
         done = ix.filter(pl.col("event") == "done").unique("request_id", keep="first", maintain_order=True)
         self._answers = dict(zip(done["request_id"].to_list(), done["cost_usd"].fill_null(0.0).to_list()))
+        ok = done.filter((pl.col("status") == "ok") & (pl.col("cost_usd") > 0))["cost_usd"]
+        self._paid = Paid(ok.len(), float(ok.sum() or 0.0), float(ok.max() or 0.0))
         if self._recorded:
             done = done.filter(~pl.col("request_id").is_in(pl.Series(list(self._recorded), dtype=pl.String).implode()))
         self._unrecorded_usd = float(done["cost_usd"].fill_null(0.0).sum())
@@ -70,6 +91,8 @@ class Ledger:
             self._sent.discard(rec["request_id"])
         elif ev == "done" and rec["request_id"] not in self._answers:
             self._answers[rec["request_id"]] = rec.get("cost_usd") or 0.0
+            if rec.get("status") == "ok" and rec.get("cost_usd"):
+                self._paid = self._paid.plus(rec["cost_usd"])
             if rec["request_id"] not in self._recorded:
                 self._unrecorded_usd += rec.get("cost_usd") or 0.0
 
@@ -95,6 +118,13 @@ class Ledger:
     def spent_usd(self) -> float:
         """Everything paid on this run: the table's cost plus journalled answers not folded into it yet."""
         return self._recorded_usd + self._unrecorded_usd
+
+    def paid(self) -> "Paid":
+        """What accepted answers were billed so far (journalled: this process's and earlier ones'), kept as
+        lines are written: what a cost estimate calibrates on, asked before every request without re-reading
+        the journal (re-reading it per item cost 151 ms a call on a 20k-line journal)."""
+        with self._lock:
+            return self._paid
 
     def answers(self) -> list[dict]:
         """The first ``done`` record of every answered request, in journal order. Read from the journal on

@@ -50,6 +50,10 @@ class Report:
     submitted: int = 0
     collected: int = 0
     open_batches: int = 0
+    # offline (``vllm run-batch``) chunk files: written by this call / written before, not folded yet
+    chunk_files: list[str] = field(default_factory=list)
+    waiting_files: list[str] = field(default_factory=list)
+    folded: dict | None = None  # results folded in: line counts
     # a pool of servers: host:port -> {ok, failed, in_flight, down} (live; empty for one server)
     servers: dict[str, dict] = field(default_factory=dict)
     # the whole run directory, after this run

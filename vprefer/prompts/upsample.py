@@ -1,26 +1,26 @@
 """LLM prompt upsampling (DALL-E 3 descriptive captions; TIPO-style tag expansion).
 
-It is one more job on the client layer (``vprefer.llm``): the same preset
-files, the same ``openai`` client and retry policy, the same send loop and
-``--max-cost`` rule, the same fsync'd journal
-(``RUN/journal/upsample-<annotator>-<style>.jsonl``, folded on every start, so
-a crash loses nothing and a rerun asks only for what is missing). Each variant
-becomes a new prompt row (source ``upsample:<style>``) whose meta links to the
-original, which is kept.
+A job on the client layer (:class:`UpsampleJob`, run by ``vprefer.llm.run_job``): the
+same preset files, ``openai`` client, retry policy, ``--max-cost`` rule, online / Batch
+API / offline modes, and fsync'd journal (``RUN/journal/upsample-<annotator>-<style>.jsonl``:
+``sent`` before a request leaves, so a kill never pays twice; folded on every start, so
+a crash loses nothing and a rerun asks only for what is missing). Each variant becomes a
+new prompt row (source ``upsample:<style>``) whose meta links to the original, which is
+kept. A local rewriter (``local:DIR``) writes the same rows and journal with no server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import openai
 import polars as pl
 
 from vprefer import ids, schema
 from vprefer.errors import InputError
-from vprefer.llm import Client, ClientSettings, Ledger, Outcome, PermanentError, Report, cost, send_all, usage
+from vprefer.llm import ChatJob, ClientSettings, Ledger, Report, cost, run_job
 from vprefer.store import Run
 
 STYLES = {
@@ -31,6 +31,14 @@ STYLES = {
              "(subject, attributes, setting, style, lighting, quality), keeping every element of the original. "
              "Output only the tags."),
 }
+OUTPUT_TOKENS = {"descriptive": 85, "tags": 75}  # what the instructions ask for (40-80 words; 15-30 tags)
+
+
+@dataclass(frozen=True)
+class Item:
+    request_id: str
+    parent: str  # the original prompt's id
+    short: str  # the original prompt
 
 
 def _clean(text: str | None) -> str:
@@ -38,6 +46,11 @@ def _clean(text: str | None) -> str:
     if not t:
         raise ValueError("empty rewrite")
     return t.splitlines()[0].strip() if len(t.splitlines()) > 3 else " ".join(t.split())
+
+
+def _originals(run: Run, limit: int | None) -> pl.DataFrame:
+    prompts = run.read("prompts").filter(~pl.col("source").str.starts_with("upsample:"))
+    return prompts.head(limit) if limit else prompts
 
 
 def _fold(run: Run, ledger: Ledger, style: str, annotator: str) -> int:
@@ -58,52 +71,70 @@ def _fold(run: Run, ledger: Ledger, style: str, annotator: str) -> int:
     return len(rows)
 
 
-OUTPUT_TOKENS = {"descriptive": 85, "tags": 75}  # what the instructions ask for (40-80 words; 15-30 tags)
+class UpsampleJob(ChatJob[Item]):
+    kind, command = "upsample", "prompts upsample"
+    bad_input = ()
 
+    def __init__(self, preset: ClientSettings, style: str):
+        self.settings, self.style = preset, style
+        self.name = f"{preset.slug}-{style}"
+        self.invalid_retries = getattr(preset, "invalid_retries", 2)
 
-def estimate_cost(preset: ClientSettings, ledger: Ledger, style: str, short: str, *, upper: bool = False) -> float:
-    """One rewrite's cost: once three rewrites are answered, their billed mean (``upper``: their max); before
-    that, the instruction + prompt at ~4 characters a token and the length the instruction asks for."""
-    paid = [r["cost_usd"] for r in ledger.answers() if r.get("status") == "ok" and r.get("cost_usd")]
-    if len(paid) >= 3:
-        return max(paid) if upper else sum(paid) / len(paid)
-    return cost(preset, (len(STYLES[style]) + len(short)) // 4 + 12, OUTPUT_TOKENS[style], batch=False)
+    def plan(self, run: Run, limit: int | None, *, dry_run: bool) -> list[Item]:
+        return [Item(ids.short_hash(self.settings.annotator_id, self.style, pid, n=24), pid, short)
+                for pid, short in _originals(run, limit).select("prompt_id", "prompt").iter_rows()]
+
+    def body(self, it: Item) -> dict:
+        p = self.settings
+        body = {"model": p.model, "temperature": p.temperature, "max_completion_tokens": 300,
+                "messages": [{"role": "system", "content": STYLES[self.style]}, {"role": "user", "content": it.short}]}
+        if p.seed is not None:
+            body["seed"] = p.seed
+        return body
+
+    def parse(self, it: Item, text: str | None, finish_reason: str | None) -> str:
+        return _clean(text)
+
+    def record(self, it: Item, result: Any, *, status: str, raw: str | None, usage: tuple[int, int], cost_usd: float,
+               latency_s: float, attempts: int, error: str | None) -> dict:
+        rec = {"event": "done", "status": status, "request_id": it.request_id, "parent": it.parent, "text": result,
+               "cost_usd": cost_usd, "latency_s": latency_s, "input_tokens": usage[0], "output_tokens": usage[1]}
+        if error:
+            rec["error"] = error
+        return rec
+
+    def fold(self, run: Run, ledger: Ledger) -> int:
+        return _fold(run, ledger, self.style, self.settings.annotator_id)
+
+    def estimate(self, it: Item, ledger: Ledger, *, batch: bool, upper: bool = False) -> float:
+        """Once three rewrites are answered, their billed mean (``upper``: their max); before that, the
+        instruction + prompt at ~4 characters a token and the length the instruction asks for."""
+        if (c := ledger.paid().calibrated(upper)) is not None:
+            return c
+        return cost(self.settings, (len(STYLES[self.style]) + len(it.short)) // 4 + 12, OUTPUT_TOKENS[self.style],
+                    batch=batch)
+
+    def manifest(self) -> dict:
+        return {"annotator": self.settings.resolved(), "style": self.style}
 
 
 def upsample(run_dir, preset: ClientSettings, *, style: str = "descriptive", max_cost: float | None = None,
-             limit: int | None = None, dry_run: bool = False) -> Report:
+             limit: int | None = None, dry_run: bool = False, mode: str | None = None, poll_s: float | None = None,
+             results: list[Path] | None = None) -> Report:
+    """Rewrite each original prompt in ``style``; resumable. ``mode``: online | batch | offline (default: the
+    preset's)."""
     if style not in STYLES:
         raise InputError(f"--style must be one of {list(STYLES)}")
     run = Run(run_dir)
-    ledger = Ledger(run, f"{preset.slug}-{style}", kind="upsample")
     if hasattr(preset, "rewrite"):  # a local rewriter (``local:DIR``): no server, no cost, same rows and journal
-        return _local(run, preset, ledger, style, limit)
-    _fold(run, ledger, style, preset.annotator_id)
-    prompts = run.read("prompts").filter(~pl.col("source").str.starts_with("upsample:"))
-    if limit:
-        prompts = prompts.head(limit)
-    done = ledger.done
-    todo = [(short, pid, ids.short_hash(preset.annotator_id, style, pid, n=24)) for pid, short in
-            prompts.select("prompt_id", "prompt").iter_rows()]
-    todo = [t for t in todo if t[2] not in done]
-    res = Report(planned=prompts.height, already_done=prompts.height - len(todo), todo=len(todo), dry_run=dry_run)
-    res.est_cost_usd = sum(estimate_cost(preset, ledger, style, t[0]) for t in todo)
-    if dry_run or not todo:
-        return res
-    preset.api_key()
-    with run.command("prompts upsample", {"annotator": preset.resolved(), "style": style, "max_cost": max_cost}) as entry, \
-            ledger:
-        asyncio.run(_send(todo, preset, style, ledger, res, max_cost))
-        entry.update(cost_usd=res.cost_usd, ok=res.ok, error=res.error)
-    _fold(run, ledger, style, preset.annotator_id)
-    return res
+        return _local(run, preset, Ledger(run, f"{preset.slug}-{style}", kind="upsample"), style, limit)
+    return run_job(run, UpsampleJob(preset, style), mode=mode or getattr(preset, "mode", "online"),
+                   max_cost=max_cost, limit=limit, dry_run=dry_run, poll_s=poll_s, results=results)
 
 
 def _local(run: Run, rewriter, ledger: Ledger, style: str, limit: int | None) -> Report:
     _fold(run, ledger, style, rewriter.annotator_id)
-    prompts = run.read("prompts").filter(~pl.col("source").str.starts_with("upsample:"))
-    if limit:
-        prompts = prompts.head(limit)
+    prompts = _originals(run, limit)
     todo = [(short, pid, ids.short_hash(rewriter.annotator_id, style, pid, n=24))
             for pid, short in prompts.select("prompt_id", "prompt").iter_rows()]
     todo = [t for t in todo if t[2] not in ledger.done]
@@ -124,33 +155,3 @@ def _local(run: Run, rewriter, ledger: Ledger, style: str, limit: int | None) ->
         entry.update(ok=res.ok, error=res.error)
     _fold(run, ledger, style, rewriter.annotator_id)
     return res
-
-
-async def _send(todo, preset: ClientSettings, style: str, ledger: Ledger, res: Report,
-                max_cost: float | None) -> Report:
-
-    async def one(client: Client, item: tuple[str, str, str]) -> Outcome:
-        short, pid, rid = item
-        body = {"model": preset.model, "temperature": preset.temperature, "max_completion_tokens": 300,
-                "messages": [{"role": "system", "content": STYLES[style]}, {"role": "user", "content": short}]}
-        if preset.seed is not None:
-            body["seed"] = preset.seed
-        t0 = time.monotonic()
-        try:
-            r = await client.chat(body, rid)
-            text = _clean(r.choices[0].message.content if r.choices else None)
-        except (PermanentError, ValueError) as e:
-            await ledger.awrite({"event": "error", "request_id": rid, "error": str(e)[:300]})
-            return Outcome("error")
-        except openai.APIError:
-            return Outcome("pending")  # retries exhausted: stays pending for the next run
-        tin, tout = usage(r)
-        c = cost(preset, tin, tout, batch=False)
-        await ledger.awrite({"event": "done", "status": "ok", "request_id": rid, "parent": pid,
-                             "text": text, "cost_usd": c, "latency_s": time.monotonic() - t0})
-        return Outcome("ok", tin, tout, c)
-
-    async with Client(preset, res) as client:
-        return await send_all(todo, lambda item: one(client, item), ledger=ledger, report=res,
-                              concurrency=preset.concurrency, budget=max_cost,
-                              estimate=lambda item: estimate_cost(preset, ledger, style, item[0], upper=True))
