@@ -17,6 +17,9 @@ ls`` lists both places and ``vprefer recipes cp`` copies a shipped file out.
 from __future__ import annotations
 
 import difflib
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,3 +140,74 @@ def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{path}: invalid {cls.__name__}: {e}") from None
 
+
+# ------------------------------------------------------------------ what ships: `vprefer recipes ls / cp`
+YAML = (".yaml", ".yml")
+KINDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (  # (kind, folder, suffixes), as find_asset's callers use them
+    ("annotator preset", "annotators", YAML),
+    ("rubric", "annotators/rubrics", YAML),
+    ("caption style", "annotators/captions", YAML),
+    ("reward recipe", "reward", YAML),
+    ("RL recipe", "rl", YAML),
+    ("Label Studio interface", "label_studio/interfaces", (".xml",)),
+    ("Label Studio script", "label_studio", (".sh",)),
+)
+
+
+@dataclass(frozen=True)
+class Asset:
+    kind: str
+    folder: str
+    name: str  # the file's stem: what find_asset takes
+    path: Path
+    origin: str  # "shipped" or "local ./rl/"
+    shadowed: bool = False  # a shipped file a local one of the same name replaces
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.folder}/{self.name}"
+
+
+def list_assets() -> list[Asset]:
+    """Every recipe, preset, rubric, caption style, interface and script, local and shipped, by kind."""
+    out = []
+    for kind, folder, suffixes in KINDS:
+        seen: set[str] = set()
+        for origin, base in search_path(folder):
+            files = sorted((f for f in base.iterdir() if f.is_file() and f.suffix in suffixes), key=lambda f: f.stem) \
+                if base.is_dir() else []
+            for f in files:
+                out.append(Asset(kind, folder, f.stem, f, origin, shadowed=f.stem in seen))
+            seen |= {f.stem for f in files}
+    return out
+
+
+def shipped_asset(name: str) -> Asset:
+    """The shipped file called ``name`` (a stem, a file name, or ``folder/name`` where two kinds share a name)."""
+    shipped = [a for a in list_assets() if a.origin == "shipped"]
+    key = name.removesuffix(Path(name).suffix) if Path(name).suffix in {s for k in KINDS for s in k[2]} else name
+    hits = [a for a in shipped if key in (a.name, a.qualified)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise RecipeError(f"'{name}' names {len(hits)} shipped files: give one of "
+                          + ", ".join(a.qualified for a in hits))
+    have = sorted({a.name for a in shipped})
+    close = difflib.get_close_matches(Path(key).name, have, n=1)
+    raise RecipeError(f"no shipped recipe or preset '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                      + f"; `vprefer recipes ls` lists them (looked in {shipped_root()})")
+
+
+def copy_asset(name: str, dest: str | Path, *, force: bool = False) -> Path:
+    """Copy a shipped file to ``dest``: a folder (existing, or written with a trailing /) gets the file under its
+    own name, anything else is the new file's path. Refuses to overwrite unless ``force``."""
+    asset = shipped_asset(name)
+    folder = str(dest).endswith(("/", os.sep)) or Path(dest).is_dir()
+    dest = Path(dest) / asset.path.name if folder else Path(dest)
+    if dest.exists() and not force:
+        raise RecipeError(f"{dest} exists; pass --force to overwrite it")
+    if dest.exists() and dest.resolve() == asset.path.resolve():
+        raise RecipeError(f"{dest} is the shipped file itself")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset.path, dest)
+    return dest
