@@ -3,11 +3,23 @@
 A recipe never holds a secret, only the *name* of the environment variable
 that does. Unknown keys are errors (a typo must not silently fall back to a
 default), and the error names the file, the key path and what was expected.
+
+Where recipes come from. The editable sources are the repository's top-level
+folders (``annotators/``, ``reward/``, ``rl/``, ``label_studio/``); a wheel ships
+them inside the package as ``vprefer/_shipped/<folder>/`` (pyproject.toml's
+``package-dir``). A name resolves, in this order, to: an existing path; the
+working directory's folder (``./rl/NAME.yaml``: a local copy beats the shipped
+one); the shipped folder (the repository's own in a checkout, so a checkout
+behaves as before). :func:`find_asset` is that one resolver; ``vprefer recipes
+ls`` lists both places and ``vprefer recipes cp`` copies a shipped file out.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vprefer.errors import VpreferError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the checkout (in an installed wheel: site-packages)
+PACKAGED = Path(__file__).resolve().parent / "_shipped"  # the folders' copy inside an installed wheel
 T = TypeVar("T", bound="Recipe")
 
 
@@ -65,23 +78,39 @@ class Recipe(BaseModel):
         return self.model_dump(mode="json")
 
 
+def shipped_root() -> Path:
+    """The folder holding the shipped ``annotators/``, ``reward/``, ``rl/``, ``label_studio/``: the package's
+    copy in an installed wheel, else the repository (a checkout, editable install or not)."""
+    return PACKAGED if PACKAGED.is_dir() else REPO
+
+
+def search_path(folder: str) -> list[tuple[str, Path]]:
+    """Where names of ``folder`` are looked up, first match wins: ``[("local ./rl/", cwd/rl), ("shipped", ...)]``;
+    the local entry is left out when it is the shipped folder itself (the working directory is the checkout)."""
+    local, shipped = Path.cwd() / folder, shipped_root() / folder
+    same = local.is_dir() and shipped.is_dir() and local.resolve() == shipped.resolve()
+    return ([] if same else [(f"local ./{folder}/", local)]) + [("shipped", shipped)]
+
+
 def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] = (".yaml", ".yml"), *,
                what: str = "recipe") -> Path:
-    """A ``what`` (recipe, annotator preset, rubric) given as a path, or by name from ./<folder>/ or the repository's <folder>/."""
+    """A ``what`` (recipe, annotator preset, rubric, interface) given as a path, or by name from
+    ./<folder>/, then the shipped <folder>/ (see the module docstring). The one resolver for every kind."""
     p = Path(name_or_path)
     if p.exists():
         return p
     names = [p.name] + [p.name + s for s in suffixes]
-    for base in (Path.cwd() / folder, REPO / folder):
+    places = search_path(folder)
+    for _, base in places:
         for n in names:
-            if (base / n).exists():
+            if (base / n).is_file():
                 return base / n
-    have = sorted({f.stem for base in (Path.cwd() / folder, REPO / folder) if base.is_dir()
-                   for f in base.iterdir() if f.suffix in suffixes})
+    have = sorted({f.stem for _, base in places if base.is_dir() for f in base.iterdir() if f.suffix in suffixes})
     close = difflib.get_close_matches(p.stem, have, n=1)
+    looked = " and ".join(f"./{folder}/" if where != "shipped" else f"{base}/" for where, base in places)
     raise RecipeError(f"no such {what} '{name_or_path}'" + (f" (did you mean '{close[0]}'?)" if close else "")
                       + (f"; {what}s: {', '.join(have)}" if have else "")
-                      + f" (or a path; looked in ./{folder}/ and {REPO / folder}/)")
+                      + f" (or a path; looked in {looked})")
 
 
 def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):
@@ -110,3 +139,75 @@ def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):
         return cls(**data)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{path}: invalid {cls.__name__}: {e}") from None
+
+
+# ------------------------------------------------------------------ what ships: `vprefer recipes ls / cp`
+YAML = (".yaml", ".yml")
+KINDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (  # (kind, folder, suffixes), as find_asset's callers use them
+    ("annotator preset", "annotators", YAML),
+    ("rubric", "annotators/rubrics", YAML),
+    ("caption style", "annotators/captions", YAML),
+    ("reward recipe", "reward", YAML),
+    ("RL recipe", "rl", YAML),
+    ("Label Studio interface", "label_studio/interfaces", (".xml",)),
+    ("Label Studio script", "label_studio", (".sh",)),
+)
+
+
+@dataclass(frozen=True)
+class Asset:
+    kind: str
+    folder: str
+    name: str  # the file's stem: what find_asset takes
+    path: Path
+    origin: str  # "shipped" or "local ./rl/"
+    shadowed: bool = False  # a shipped file a local one of the same name replaces
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.folder}/{self.name}"
+
+
+def list_assets() -> list[Asset]:
+    """Every recipe, preset, rubric, caption style, interface and script, local and shipped, by kind."""
+    out = []
+    for kind, folder, suffixes in KINDS:
+        seen: set[str] = set()
+        for origin, base in search_path(folder):
+            files = sorted((f for f in base.iterdir() if f.is_file() and f.suffix in suffixes), key=lambda f: f.stem) \
+                if base.is_dir() else []
+            for f in files:
+                out.append(Asset(kind, folder, f.stem, f, origin, shadowed=f.stem in seen))
+            seen |= {f.stem for f in files}
+    return out
+
+
+def shipped_asset(name: str) -> Asset:
+    """The shipped file called ``name`` (a stem, a file name, or ``folder/name`` where two kinds share a name)."""
+    shipped = [a for a in list_assets() if a.origin == "shipped"]
+    key = name.removesuffix(Path(name).suffix) if Path(name).suffix in {s for k in KINDS for s in k[2]} else name
+    hits = [a for a in shipped if key in (a.name, a.qualified)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise RecipeError(f"'{name}' names {len(hits)} shipped files: give one of "
+                          + ", ".join(a.qualified for a in hits))
+    have = sorted({a.name for a in shipped})
+    close = difflib.get_close_matches(Path(key).name, have, n=1)
+    raise RecipeError(f"no shipped recipe or preset '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                      + f"; `vprefer recipes ls` lists them (looked in {shipped_root()})")
+
+
+def copy_asset(name: str, dest: str | Path, *, force: bool = False) -> Path:
+    """Copy a shipped file to ``dest``: a folder (existing, or written with a trailing /) gets the file under its
+    own name, anything else is the new file's path. Refuses to overwrite unless ``force``."""
+    asset = shipped_asset(name)
+    folder = str(dest).endswith(("/", os.sep)) or Path(dest).is_dir()
+    dest = Path(dest) / asset.path.name if folder else Path(dest)
+    if dest.exists() and not force:
+        raise RecipeError(f"{dest} exists; pass --force to overwrite it")
+    if dest.exists() and dest.resolve() == asset.path.resolve():
+        raise RecipeError(f"{dest} is the shipped file itself")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset.path, dest)
+    return dest

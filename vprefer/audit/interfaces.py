@@ -8,8 +8,9 @@ Two interfaces:
 * ``pairwise.xml`` — two images and, per aspect, Left / Right / Tie (Label Studio's
   Pairwise tag has no tie, hence Choices).
 
-Regenerate with ``python -m vprefer.audit.interfaces``; a test checks the
-committed files match.
+Regenerate with ``python -m vprefer.audit.interfaces`` (in a checkout); a test checks the
+committed files match. :func:`interface_path` finds one by name the way every recipe is
+found (``./label_studio/interfaces/NAME.xml``, then the shipped copy; see ``vprefer.recipes``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from vprefer.recipes import REPO
+from vprefer.recipes import REPO, find_asset
 from vprefer.schema import ASPECTS
 
 TITLES = {"prompt_following": "Prompt following", "aesthetics": "Aesthetics", "fidelity": "Fidelity (no artefacts)",
@@ -56,6 +57,15 @@ def pairwise_xml(aspects=ASPECTS) -> str:
 
 def committed() -> dict[str, str]:
     return {"sets-4.xml": sets_xml(4), "sets-4-ai.xml": sets_xml(4, show_ai=True), "pairwise.xml": pairwise_xml()}
+
+
+def interface_path(name_or_path: str | Path) -> Path:
+    """A labeling interface's XML file, by path or by name (``sets-4``, ``pairwise``)."""
+    return find_asset(name_or_path, "label_studio/interfaces", (".xml",), what="Label Studio interface")
+
+
+def interface_xml(name_or_path: str | Path) -> str:
+    return interface_path(name_or_path).read_text()
 
 
 def write(folder: Path = REPO / "label_studio" / "interfaces") -> list[Path]:

@@ -1,8 +1,17 @@
 """A local Label Studio: installed in its own virtual environment, started on 127.0.0.1, stopped cleanly.
 
 Label Studio pins its own Django and SDK, so it never shares vprefer's
-environment: ``ensure_installed`` creates ``.venv-ls/`` and pip-installs
-``label-studio`` there. The admin user and its API token come from the
+environment: ``ensure_installed`` creates a virtual environment and pip-installs
+``label-studio`` there.
+
+Where it lives: an installed vprefer has no repository to write into, so the
+environment and the data folder (database, media, log, pid) live in a user cache
+folder, ``$VPREFER_CACHE`` if set, else ``$XDG_CACHE_HOME/vprefer`` or
+``~/.cache/vprefer`` (``venv-ls/`` and ``label-studio/`` in it). A checkout that
+already has ``.venv-ls/`` (or ``.label-studio/``) at its root keeps using it:
+CI's ``.ci/run`` creates ``.venv-ls/`` there before the audit tests, and a
+developer's existing database is not left behind. Every function takes an
+explicit folder as well. The admin user and its API token come from the
 environment (``VPREFER_LS_USERNAME``, ``VPREFER_LS_PASSWORD``, ``VPREFER_LS_TOKEN``),
 are passed to the server only through its environment, and are never written
 to disk by vprefer. Local-files serving is enabled with ``document_root`` as
@@ -31,8 +40,22 @@ from pathlib import Path
 from vprefer.errors import ServiceError
 from vprefer.recipes import REPO
 
-DEFAULT_VENV = REPO / ".venv-ls"
-DEFAULT_DATA = REPO / ".label-studio"
+
+def cache_dir() -> Path:
+    """vprefer's user cache folder: ``$VPREFER_CACHE``, else ``$XDG_CACHE_HOME/vprefer``, else ``~/.cache/vprefer``."""
+    if os.environ.get("VPREFER_CACHE"):
+        return Path(os.environ["VPREFER_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vprefer"
+
+
+def default_venv() -> Path:
+    """Label Studio's virtual environment: a checkout's ``.venv-ls/`` if it has one, else the cache's ``venv-ls/``."""
+    return REPO / ".venv-ls" if (REPO / ".venv-ls").is_dir() else cache_dir() / "venv-ls"
+
+
+def default_data() -> Path:
+    """Label Studio's data folder: a checkout's ``.label-studio/`` if it has one, else the cache's ``label-studio/``."""
+    return REPO / ".label-studio" if (REPO / ".label-studio").is_dir() else cache_dir() / "label-studio"
 
 
 class ServerError(ServiceError):
@@ -54,10 +77,12 @@ class Credentials:
         return cls(os.environ["VPREFER_LS_USERNAME"], os.environ["VPREFER_LS_PASSWORD"], os.environ["VPREFER_LS_TOKEN"])
 
 
-def ensure_installed(venv: Path = DEFAULT_VENV, quiet: bool = True) -> Path:
+def ensure_installed(venv: Path | None = None, quiet: bool = True) -> Path:
+    venv = Path(venv) if venv is not None else default_venv()
     exe = venv / "bin" / "label-studio"
     if exe.exists():
         return exe
+    venv.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     cmd = [str(venv / "bin" / "pip"), "install", "label-studio"] + (["-q"] if quiet else [])
     r = subprocess.run(cmd, capture_output=quiet, text=True)
@@ -97,8 +122,8 @@ def check_exposure(document_root: Path | str | None, host: str = "127.0.0.1", *,
     return root, warnings
 
 
-def start(port: int = 8080, *, data_dir: Path = DEFAULT_DATA, document_root: Path | str | None = None,
-          host: str = "127.0.0.1", serve_whole_filesystem: bool = False, venv: Path = DEFAULT_VENV,
+def start(port: int = 8080, *, data_dir: Path | None = None, document_root: Path | str | None = None,
+          host: str = "127.0.0.1", serve_whole_filesystem: bool = False, venv: Path | None = None,
           wait_s: float = 300.0, log: Path | None = None, warn=print) -> str:
     """Start Label Studio in the background; returns its URL once /health answers."""
     root, warnings = check_exposure(document_root, host, serve_whole_filesystem=serve_whole_filesystem)
@@ -109,6 +134,7 @@ def start(port: int = 8080, *, data_dir: Path = DEFAULT_DATA, document_root: Pat
         return url
     creds = Credentials.from_env()
     exe = ensure_installed(venv)
+    data_dir = Path(data_dir) if data_dir is not None else default_data()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPREFER_")}
     env.update({
@@ -135,8 +161,8 @@ def start(port: int = 8080, *, data_dir: Path = DEFAULT_DATA, document_root: Pat
     raise ServerError(f"Label Studio did not become healthy within {wait_s:.0f}s; see {logf.name}")
 
 
-def stop(data_dir: Path = DEFAULT_DATA, timeout: float = 20.0) -> bool:
-    pidf = data_dir / "server.pid"
+def stop(data_dir: Path | None = None, timeout: float = 20.0) -> bool:
+    pidf = (Path(data_dir) if data_dir is not None else default_data()) / "server.pid"
     if not pidf.exists():
         return False
     pid = int(pidf.read_text())

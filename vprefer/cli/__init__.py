@@ -10,6 +10,7 @@ from vprefer.cli import prompts as _prompts  # noqa: F401
 from vprefer.cli import caption as _caption  # noqa: F401
 from vprefer.cli import audit as _audit  # noqa: F401
 from vprefer.cli import world as _world  # noqa: F401
+from vprefer.cli import recipes as _recipes  # noqa: F401
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ from vprefer.store import as_run
 
 audit = typer.Typer(help="Human agreement audits with a local Label Studio (token from VPREFER_LS_TOKEN).",
                     no_args_is_help=True)
-server = typer.Typer(help="Run a local Label Studio in its own virtual environment (.venv-ls/).", no_args_is_help=True)
+server = typer.Typer(help="Run a local Label Studio in its own virtual environment (a checkout's .venv-ls/ if it has "
+                     "one, else venv-ls/ in $VPREFER_CACHE or ~/.cache/vprefer).", no_args_is_help=True)
 audit.add_typer(server, name="server")
 app.add_typer(audit, name="audit")
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -21,8 +22,10 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 @server.command("start")
 @friendly
 def server_start(port: int = typer.Option(8080, "--port", help="Port Label Studio listens on."),
-                 data_dir: Path = typer.Option(Path(".label-studio"), "--data-dir", help="Label Studio's database, "
-                                               "media and log (kept between starts)."),
+                 data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Label Studio's database, media "
+                                                         "and log, kept between starts (default: a checkout's "
+                                                         ".label-studio/ if it has one, else label-studio/ in "
+                                                         "$VPREFER_CACHE or ~/.cache/vprefer)."),
                  run_dir: Optional[Path] = typer.Option(None, "--run", help="Serve this run: its folder is the "
                                                         "document root, its images folder the storage push creates."),
                  document_root: Optional[Path] = typer.Option(None, "--document-root", help="Serve the files under "
@@ -40,19 +43,20 @@ def server_start(port: int = typer.Option(8080, "--port", help="Port Label Studi
     if run_dir is not None and document_root is not None:
         raise typer.BadParameter("give --run or --document-root, not both")
     root = document_root if document_root is not None else (as_run(run_dir).path if run_dir else None)
-    url = start(port, data_dir=data_dir.resolve(), document_root=root, host=host,
+    url = start(port, data_dir=data_dir.resolve() if data_dir else None, document_root=root, host=host,
                 serve_whole_filesystem=serve_whole_filesystem, warn=lambda w: console.print(w, style="yellow"))
     out.print(f"Label Studio is up at {url} (stop with `vprefer audit server stop`)")
 
 
 @server.command("stop")
 @friendly
-def server_stop(data_dir: Path = typer.Option(Path(".label-studio"), "--data-dir", help="The --data-dir it was "
-                                              "started with.")) -> None:
+def server_stop(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="The --data-dir it was started "
+                                                        "with (default: the same default as start's).")) -> None:
     """Stop the local Label Studio started by `audit server start`."""
-    from vprefer.audit.server import stop
+    from vprefer.audit.server import default_data, stop
 
-    out.print("stopped" if stop(data_dir.resolve()) else "no server recorded in " + str(data_dir))
+    data_dir = data_dir.resolve() if data_dir else default_data()
+    out.print("stopped" if stop(data_dir) else "no server recorded in " + str(data_dir))
 
 
 @audit.command("push")
