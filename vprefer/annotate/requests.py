@@ -166,9 +166,6 @@ def chat_body(req: JudgeRequest, preset: AnnotatorPreset, rubric: Rubric, run: R
         body["seed"] = preset.seed
     if preset.structured_output:
         body["response_format"] = rubric.response_format()
-    if preset.store_completions:
-        body["store"] = True
-        body["metadata"] = {"vprefer_request_id": req.request_id}
     return body
 
 

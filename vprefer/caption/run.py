@@ -58,7 +58,7 @@ class CaptionJob(ChatJob[Item]):
                 for iid, uri, path in imgs.select("image_id", "uri", "path").iter_rows()]
 
     def body(self, it: Item) -> dict:
-        return chat_body(self.st, self.settings, it.source, it.request_id)
+        return chat_body(self.st, self.settings, it.source)
 
     def parse(self, it: Item, text: str | None, finish_reason: str | None) -> str:
         return clean(text, finish_reason)

@@ -43,7 +43,7 @@ def _detail(preset: ClientSettings) -> tuple[str, int]:
     return detail, getattr(preset, "max_side", 512 if detail == "low" else 768)
 
 
-def chat_body(style: CaptionStyle, preset: ClientSettings, image: Path | str, request_id: str) -> dict:
+def chat_body(style: CaptionStyle, preset: ClientSettings, image: Path | str) -> dict:
     """The ``/v1/chat/completions`` body: the instruction, then the image (a JPEG data URL, or its URL)."""
     detail, side = _detail(preset)
     url = image if isinstance(image, str) else jpeg_data_url(Path(image), side)
@@ -54,9 +54,6 @@ def chat_body(style: CaptionStyle, preset: ClientSettings, image: Path | str, re
                                                        "image_url": {"url": url, "detail": detail}}]}]}
     if preset.seed is not None:
         body["seed"] = preset.seed
-    if preset.store_completions:
-        body["store"] = True
-        body["metadata"] = {"vprefer_request_id": request_id}
     return body
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from vprefer.annotate import AnnotatorPreset, annotate as annotate_api, make_pairs
 from vprefer.annotate.status import batch_status
+from vprefer.cli import _paid as paid
 from vprefer.cli._app import app, fail, friendly, out
 from vprefer.llm import FatalAPIError
 from vprefer.store import Run
@@ -36,21 +37,18 @@ def bias_table(bias) -> Table:
 def annotate(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts and images."),
     annotator: str = typer.Option(..., "--annotator", help="Preset name (annotators/NAME.yaml) or path."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show requests, estimated tokens and cost; send nothing."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this annotator's total spend "
-                                             "on this run; stops cleanly before passing it (rerun to resume)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N image sets."),
+    dry_run: bool = paid.dry_run(),
+    max_cost: Optional[float] = paid.max_cost(),
+    limit: Optional[int] = paid.limit("image sets"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL; several, "
                                            "comma-separated, make a pool (least-loaded routing, failover)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the preset's model."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="online | batch | offline (write chunk files for "
-                                       "`vllm run-batch`; fold its outputs with --results)"),
+    mode: Optional[str] = paid.mode(),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Parallel requests (online mode)."),
     permutations: Optional[int] = typer.Option(None, "--permutations", help="Shown orders per image set "
                                                "(position-bias control)."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Batch mode: submit and return; rerun to collect."),
-    results: Optional[list[Path]] = typer.Option(None, "--results", help="Fold `vllm run-batch` output file(s) "
-                                                 "of offline chunks (repeat for several); sends nothing."),
+    results: Optional[list[Path]] = paid.results(),
     log_every: float = typer.Option(30.0, "--log-every", help="When stderr is not a terminal (nohup, a "
                                     "scheduler's log): print a plain progress line every this many seconds."),
 ) -> None:
@@ -91,13 +89,7 @@ def annotate(
     if res.open_batches:
         out.print(f"{res.open_batches} batch(es) still running; `vprefer batches {run_dir}` shows them, "
                   "rerun this command to collect")
-    if res.chunk_files or res.waiting_files:
-        out.print(f"{len(res.chunk_files)} new chunk file(s) for `vllm run-batch`"
-                  + (f", {len(res.waiting_files)} written before and not folded yet" if res.waiting_files else "")
-                  + "; run each, then fold the outputs back:")
-        for c in res.chunk_files + res.waiting_files:
-            out.print(f"  vllm run-batch -i {c} -o {c.removesuffix('.jsonl')}.out.jsonl --model {preset.model}")
-        out.print(f"  vprefer annotate {run_dir} --annotator {annotator} --results <out.jsonl> [--results ...]")
+    paid.print_chunks(res, preset.model, f"vprefer annotate {run_dir} --annotator {annotator}")
     if res.dry_run:
         out.print("dry run: nothing was sent")
 

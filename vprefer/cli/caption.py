@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from vprefer.cli import _paid as paid
 from vprefer.cli._app import app, fail, friendly, out
 
 
@@ -18,17 +19,16 @@ def caption(
     annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any vision chat model."),
     style: str = typer.Option("detailed", "--style", help="short (one sentence: ShareGPT-4o-Image, DALL-E 3 short) | "
                               "detailed (ShareGPT4V, DALL-E 3 descriptive) | a path to your own caption YAML."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this annotator's caption spend "
-                                             "on this run, for this style; stops cleanly before passing it."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="online | batch (default: the preset's)."),
+    max_cost: Optional[float] = paid.max_cost(),
+    limit: Optional[int] = paid.limit("images"),
+    mode: Optional[str] = paid.mode(),
+    results: Optional[list[Path]] = paid.results(),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the preset's model."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Parallel requests (online mode)."),
     to_prompts: bool = typer.Option(False, "--to-prompts", help="Then add every caption of this style as a prompt "
                                     "(source caption:<style>), e.g. to generate new image sets for it."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show how many captions and their estimated cost; "
-                                 "send nothing."),
+    dry_run: bool = paid.dry_run(),
 ) -> None:
     """Write a caption for every image (captions table) through the annotation client. Resumable."""
     from vprefer.annotate.preset import AnnotatorPreset
@@ -39,7 +39,7 @@ def caption(
     st = CaptionStyle.load(style)
     try:
         r = caption_api(run_dir, p, style=st, max_cost=max_cost, limit=limit, dry_run=dry_run, mode=mode,
-                        on_update=_progress() if sys.stderr.isatty() else None)
+                        results=results or None, on_update=_progress() if sys.stderr.isatty() else None)
     except FatalAPIError as e:
         fail(f"{e}. Everything answered so far is saved.")
     if dry_run:
@@ -51,6 +51,7 @@ def caption(
               + (f"{r.pending} still to send (a rerun sends them), " if r.pending else "")
               + f"${r.cost_usd:.4f} now, ${r.spent_total_usd:.4f} in all"
               + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
+    paid.print_chunks(r, p.model, f"vprefer caption {run_dir} --annotator {annotator} --style {style}")
     if to_prompts:
         n = captions_to_prompts(run_dir, style=st.name, annotator=p.annotator_id)
         out.print(f"added {n} prompts (source caption:{st.name})")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from vprefer.cli import _paid as paid
 from vprefer.cli._app import app, friendly, out
 
 prompts_app = typer.Typer(help="Prompt sourcing and LLM upsampling.", no_args_is_help=True)
@@ -45,12 +46,13 @@ def upsample_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts."),
     annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any chat model; or local:DIR, a rewriter trained by `vprefer rl prompts`."),
     style: str = typer.Option("descriptive", "--style", help="descriptive (DALL-E 3 captions) | tags (TIPO-style)"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Cap (USD) on this rewriter's total spend on "
-                                             "this run; stops cleanly before passing it (rerun to resume)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts."),
+    max_cost: Optional[float] = paid.max_cost(),
+    limit: Optional[int] = paid.limit("prompts"),
+    mode: Optional[str] = paid.mode(),
+    results: Optional[list[Path]] = paid.results(),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Override the preset's server URL."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the preset's model."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show how many rewrites and their estimated cost; send nothing."),
+    dry_run: bool = paid.dry_run(),
 ) -> None:
     """Rewrite each short prompt into a detailed one with an LLM; originals are kept and linked. Resumable."""
     from vprefer.annotate.preset import AnnotatorPreset
@@ -62,7 +64,8 @@ def upsample_cmd(
         p = LocalRewriter(annotator.removeprefix("local:"))
     else:
         p = AnnotatorPreset.load(annotator, base_url=base_url, model=model)
-    r = upsample(run_dir, p, style=style, max_cost=max_cost, limit=limit, dry_run=dry_run)
+    r = upsample(run_dir, p, style=style, max_cost=max_cost, limit=limit, dry_run=dry_run, mode=mode,
+                 results=results or None)
     if dry_run:
         out.print(f"{r.planned} prompts: {r.already_done} already upsampled, {r.todo} to send, estimated "
                   f"${r.est_cost_usd:.4f}; dry run: nothing was sent")
@@ -70,6 +73,8 @@ def upsample_cmd(
     out.print(f"{r.planned} prompts: {r.already_done} already upsampled, {r.ok} new, {r.error} failed "
               f"(rerun to retry), " + (f"{r.pending} still to send (a rerun sends them), " if r.pending else "")
               + f"${r.cost_usd:.4f}" + (" — stopped before --max-cost" if r.stopped_for_budget else ""))
+    paid.print_chunks(r, getattr(p, "model", ""), f"vprefer prompts upsample {run_dir} --annotator {annotator} "
+                      f"--style {style}")
 
 
 @app.command()

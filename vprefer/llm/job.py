@@ -94,6 +94,16 @@ class ChatJob(Generic[T]):
         return folder
 
 
+def request_body(job: ChatJob[T], item: T) -> dict:
+    """The job's body, marked to be stored server-side (``store_completions``) with the request id in its
+    metadata: what lets a resume fetch back the answer of a request in flight at a crash, for every job."""
+    body = job.body(item)
+    if job.settings.store_completions:
+        body["store"] = True
+        body["metadata"] = {"vprefer_request_id": item.request_id}
+    return body
+
+
 def text_of(resp) -> tuple[str | None, str | None]:
     """The first choice's text and finish reason, from an SDK object or a Batch API line's body (a dict)."""
     if isinstance(resp, dict):
@@ -118,7 +128,7 @@ async def ask(job: ChatJob[T], client: Client, ledger: Ledger, item: T, *, recov
         for attempts in range(1, job.invalid_retries + 2):
             if resp is None:
                 if body is None:
-                    body = await asyncio.to_thread(job.body, item)
+                    body = await asyncio.to_thread(request_body, job, item)
                 await ledger.awrite({"event": "sent", "request_id": rid, "attempt": attempts})
                 resp = await client.chat(body, rid)
             i, o = usage(resp)
@@ -164,7 +174,7 @@ class JobBatches(BatchRunner[T]):
                 self.reasks.setdefault(rec["request_id"], {}).setdefault(rec["response_id"], rec)
 
     def body(self, item: T) -> dict:
-        return self.job.body(item)
+        return request_body(self.job, item)
 
     def reask_cost_pending(self, done: set[str]) -> float:
         """Paid re-asks of requests not answered for good yet: spent, but in no ``done`` record so far."""
