@@ -169,3 +169,33 @@ def test_pairs_match_the_rule_on_random_judgements(tmp_path, slice_rows):
     assert pairs.equals(pairs.sort("prompt_id", "aspect", "win_image_id", "lose_image_id"))
     assert rk.height == rk.select("prompt_id", "aspect").unique().height
     assert rk.equals(rk.sort("prompt_id", "aspect"))
+
+
+@pytest.mark.parametrize("min_margin", [0.0, 1.0])
+def test_the_two_implementations_of_the_pair_rule_agree_ties_included(tmp_path, min_margin):
+    """The rule exists twice: ``ranking_pairs`` (one scored set: imports, audits, the world) and the judge's
+    polars ``pair_stats`` (millions of judgements). With one judgement per set they must write the same pairs,
+    ties oriented the same way (they used to be opposite: input order vs image id). Wrong version tried by
+    hand: ranking_pairs orienting a tie by input order -> red."""
+    import random
+
+    from vprefer.rankings import ranking_pairs
+
+    rnd, data, want = random.Random(3), [], set()
+    for p in range(30):
+        imgs = [f"p{p}i{k}" for k in range(rnd.randint(2, 4))]
+        order = rnd.sample(imgs, len(imgs))  # shown (input) order differs from id order
+        sc = {i: rnd.randint(1, 3) for i in order}
+        rs = rows(f"p{p}", "A", 0, {i: {"aesthetics": sc[i]} for i in order})
+        for r in rs:
+            r["prompt_id"] = f"p{p:02d}"
+        data += rs
+        want |= {(f"p{p:02d}", x["win_image_id"], x["lose_image_id"], x["tie"], x["margin"]) for x in
+                 ranking_pairs(f"p{p:02d}", order, [sc[i] for i in order], "aesthetics", "A", min_margin=min_margin)}
+    run = Run(tmp_path, create=True)
+    run.write("annotations", schema.frame("annotations", data))
+    _, pairs = build_pairs(run, min_margin=min_margin)
+    got = {(r["prompt_id"], r["win_image_id"], r["lose_image_id"], r["tie"], r["margin"])
+           for r in pairs.filter(pl.col("aspect") == "aesthetics").iter_rows(named=True)}
+    assert any(t for *_, t, _m in want)  # the data has ties
+    assert got == want

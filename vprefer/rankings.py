@@ -3,7 +3,10 @@
 A k-image set gives all C(k, 2) pairs (ImageReward's convention). A pair whose
 score difference is at most ``min_margin`` is a tie: it is kept and flagged,
 never silently dropped, so that each consumer (training, evaluation) applies
-its own tie rule explicitly.
+its own tie rule explicitly. A tie is written with the smaller image id as
+``win_image_id``, as the judge's pairs are (:func:`vprefer.annotate.pairs.pair_stats`,
+which computes the same rule in polars over millions of judgements;
+``tests/test_pairs.py`` holds the two equal).
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ def ranking_pairs(
     for i, j in combinations(range(len(image_ids)), 2):
         d = float(scores[i]) - float(scores[j])
         tie = abs(d) <= min_margin + 1e-12
-        w, l = (i, j) if d >= 0 else (j, i)
+        if tie:  # no winner: oriented by image id, so every producer of pairs writes a tie the same way
+            w, l = (i, j) if str(image_ids[i]) <= str(image_ids[j]) else (j, i)
+        else:
+            w, l = (i, j) if d > 0 else (j, i)
         out.append({
             "prompt_id": prompt_id, "win_image_id": image_ids[w], "lose_image_id": image_ids[l],
             "aspect": aspect, "annotator": annotator, "margin": abs(d), "weight": weight, "tie": tie,
