@@ -52,7 +52,10 @@ def train_reward(
     from vprefer.dist import state
     from vprefer.reward.train import train_reward as train_api, training_config
 
-    training_config(r, out_dir, has_val=True)  # the training: section (a VPScoreConfig) is checked before any model
+    args = training_config(r, out_dir, has_val=True)  # the training: section (a VPScoreConfig) is checked first
+    for key, v in r.training.settings().items():  # training.learning_rate=5e-4: YAML 1.1 reads a string; the
+        if isinstance(v, str) and isinstance(getattr(args, key), (int, float)):  # saved recipe.yaml holds the number
+            setattr(r.training, key, getattr(args, key))
     from vprefer.testing.stand_ins import ensure_backbone
 
     no_bars_without_a_terminal()
