@@ -72,7 +72,7 @@ def main() -> None:
             write_truth_pairs(tmp / name)
             r = RewardRecipe.load("vp-score-tiny")
             r.backbone.name_or_path, r.training.seed = str(tmp / f"clip-{name}"), seed
-            r.training.epochs, r.training.val_fraction, r.training.logging_steps = 3, 0.0, 10_000
+            r.training.num_train_epochs, r.training.val_fraction, r.training.logging_steps = 3, 0.0, 10_000
             ensure_backbone(r)
             train_reward(r, [tmp / name], tmp / f"vps-{name}")
             models[name] = VPScore.from_pretrained(tmp / f"vps-{name}")

@@ -164,10 +164,10 @@ def override(recipe: dict, kind: str, steps: int, cpu_batch: bool, resolution: i
         put(t, "max_steps", steps)
         put(t, "save_steps", steps)
         put(t, "eval_steps", 10 * steps)  # the validation pass runs once, after training, not inside the timing
-        put(t, "num_workers", 0)  # a data-loader pool is not what is measured
+        put(t, "dataloader_num_workers", 0)  # a data-loader pool is not what is measured
         if cpu_batch:
-            put(t, "batch_size", 2)
-            put(t, "grad_accum", 1)
+            put(t, "per_device_train_batch_size", 2)
+            put(t, "gradient_accumulation_steps", 1)
     elif kind == "generate":
         for g in r["generators"]:
             put(g, "steps", steps)

@@ -81,7 +81,7 @@ def one(variant: str, steps: int, batch: int, tmp: Path, backbone: str | None = 
     r.backbone.name_or_path, r.backbone.tiny = backbone or str(tmp / "bb"), None
     r.training.gradient_checkpointing = backbone is not None  # as the full-size recipes do
     r.lora.enabled, r.quantization = v["lora"], v["quant"]
-    r.training.max_steps, r.training.batch_size, r.training.val_fraction = steps, batch, 0.0
+    r.training.max_steps, r.training.per_device_train_batch_size, r.training.val_fraction = steps, batch, 0.0
     r.training.logging_steps, r.training.save_steps = 10_000, 10_000
     phase = _train_phase_peak()
     import gc

@@ -39,7 +39,7 @@ ASPECTS = ("prompt_following", "overall", "aesthetics", "fidelity", "harmlessnes
 
 def recipe_for(variant: str, tmp: Path, args) -> RewardRecipe:
     r = RewardRecipe.load("vp-score-tiny" if variant == "tiny" else "vp-score-world")
-    r.training.epochs = args.epochs or r.training.epochs
+    r.training.num_train_epochs = args.epochs or r.training.num_train_epochs
     r.training.logging_steps, r.training.save_steps = 10_000, 10_000
     r.annotators = ["judge"]
     if variant == "world":

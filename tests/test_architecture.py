@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "vprefer"
 
 STAGE = {
     # shared pieces below every stage
-    "errors": 0, "ids": 0, "schema": 0, "secrets": 0, "recipes": 0, "images": 0, "store": 0, "rankings": 0,
+    "errors": 0, "ids": 0, "schema": 0, "secrets": 0, "recipes": 0, "config": 0, "images": 0, "store": 0, "rankings": 0,
     "metrics": 0, "diffusion": 0, "dist": 0, "llm": 0, "report": 0, "data": 0,
     "progress": 0, "api": 0,
     # 1 data in and out, prompts; 2 image sets; 3 judging; 4 reward model; 5 generator fine-tuning; 6 audits

@@ -21,10 +21,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from vprefer.errors import VpreferError
 
@@ -39,6 +39,18 @@ class RecipeError(VpreferError, ValueError):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
+    _source: str = PrivateAttr("<recipe>")
+    _cli: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """The file the recipe came from (for messages about it)."""
+        return self._source
+
+    @property
+    def cli(self) -> dict:
+        """The command line's ``key=value`` overrides applied to it (a bad value there blames the command line)."""
+        return self._cli
 
     @classmethod
     def from_yaml(cls: type[T], path: str | Path, **overrides: Any) -> T:
@@ -56,17 +68,24 @@ class Recipe(BaseModel):
         return cls.validated(data, str(path), overridden=set(given))
 
     @classmethod
-    def validated(cls: type[T], data: dict, source: str = "<recipe>", *, overridden: set[str] = frozenset()) -> T:
+    def validated(cls: type[T], data: dict, source: str = "<recipe>", *, overridden: set[str] = frozenset(),
+                  cli: Mapping[str, Any] = {}) -> T:
         """``overridden``: keys set by command-line options; a bad value there is the option's fault, and the
-        message says so instead of blaming the (shipped, correct) file."""
+        message says so instead of blaming the (shipped, correct) file. ``cli``: the dotted ``key=value``
+        overrides already applied to ``data`` (vprefer.config), blamed the same way."""
         try:
-            return cls.model_validate(data)
+            obj = cls.model_validate(data, context={"source": source})
+            obj._source, obj._cli = source, dict(cli)
+            return obj
         except ValidationError as e:
             lines, flags = [], []
             for err in e.errors():
                 loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                if err["loc"] and err["loc"][0] in overridden:
+                given = next((k for k in cli if loc == k or loc.startswith(k + ".")), None)
+                if given is not None:
+                    flags.append(f"{given}={cli[given]!r} (command line): {msg}")
+                elif err["loc"] and err["loc"][0] in overridden:
                     flags.append(f"--{str(err['loc'][0]).replace('_', '-')} {data[err['loc'][0]]!r}: {msg}")
                 else:
                     lines.append(f"{loc}: {msg}")
@@ -113,32 +132,37 @@ def find_asset(name_or_path: str | Path, folder: str, suffixes: tuple[str, ...] 
                       + f" (or a path; looked in {looked})")
 
 
-def load_config(cls, name_or_path: str | Path, folder: str, **overrides: Any):
-    """The one way a YAML file becomes a typed config, for both kinds of config the project has.
-
-    A pydantic ``Recipe`` validates itself; a trainer's ``...Config`` (a ``transformers.TrainingArguments``
-    dataclass) gets the same rules here: a mapping, no unknown keys, bad values named with the file.
-    Overrides (CLI flags) replace recipe keys; ``None`` means "not given".
-    """
-    import dataclasses
-
-    path = find_asset(name_or_path, folder)
-    if isinstance(cls, type) and issubclass(cls, Recipe):
-        return cls.from_yaml(path, **overrides)
+def _mapping(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of keys to values")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise RecipeError(f"{path}: unknown key(s) {unknown} for {cls.__name__}")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{path}: invalid {cls.__name__}: {e}") from None
+    return data
+
+
+def load_config(cls, name_or_path: str | Path, folder: str, *, cli_args: Sequence[str] | Mapping[str, Any] = (),
+                **overrides: Any):
+    """The one way a YAML file becomes a typed config, for both kinds of config the project has.
+
+    A pydantic ``Recipe`` validates itself; a trainer's ``...Config`` (a ``transformers.TrainingArguments``
+    dataclass) gets the same rules (``vprefer.config.build_dataclass``): a mapping, no unknown keys (with the
+    closest name), values typed by their field, bad values named with the file. ``overrides`` (CLI flags)
+    replace recipe keys, ``None`` meaning "not given"; then ``cli_args``, the command's trailing ``key=value``
+    arguments (or a mapping of dotted keys to values), set any field, dotted keys reaching into sections.
+    """
+    from vprefer.config import apply_overrides, build_dataclass, check_recipe_keys, parse_overrides
+
+    path = find_asset(name_or_path, folder)
+    cli = dict(cli_args) if isinstance(cli_args, Mapping) else parse_overrides(cli_args)
+    data = _mapping(path)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
+    if isinstance(cls, type) and issubclass(cls, Recipe):
+        data = apply_overrides(data, cli, check_recipe_keys(cls, cli, str(path)))
+        return cls.validated(data, str(path), overridden=set(given), cli=cli)
+    return build_dataclass(cls, data, str(path), cli=cli)
 
 
 # ------------------------------------------------------------------ what ships: `vprefer recipes ls / cp`

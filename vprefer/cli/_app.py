@@ -74,3 +74,28 @@ def friendly(fn: Callable) -> Callable:
             fail(str(e))
 
     return wrapper
+
+
+def overrides_argument():
+    """The trailing ``KEY=VALUE`` arguments every training command takes (vprefer.config)."""
+    from vprefer.config import HELP
+
+    return typer.Argument(None, metavar="KEY=VALUE", help=HELP, show_default=False)
+
+
+def load_recipe(cls, recipe, folder: str, overrides, **flags):
+    """``vprefer.recipes.load_config`` for a command: a deprecated key is one yellow line, not a Python warning."""
+    import warnings
+
+    from vprefer.config import RecipeDeprecation
+    from vprefer.recipes import load_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecipeDeprecation)
+        cfg = load_config(cls, recipe, folder, cli_args=overrides or (), **flags)
+    for w in caught:
+        if issubclass(w.category, RecipeDeprecation):
+            console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return cfg

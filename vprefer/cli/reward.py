@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from vprefer.cli._app import app, console, fail, friendly, out
+from vprefer.cli._app import app, console, fail, friendly, load_recipe, out, overrides_argument
 from vprefer.store import as_run
 
 
@@ -28,15 +28,18 @@ def train_reward(
                                             "3x). Overrides the recipe's annotators / annotator_weights."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this trained VP-Score folder (fine-tune, "
                                         "e.g. on audited human pairs) instead of the pretrained backbone."),
+    overrides: Optional[List[str]] = overrides_argument(),
 ) -> None:
     """Train VP-Score on a run's preference pairs (pairwise Bradley-Terry, split by prompt).
 
-    Runs on one CPU or GPU as is; `accelerate launch -m vprefer train-reward ...` runs it on several GPUs.
+    Runs on one CPU or GPU as is; `accelerate launch -m vprefer train-reward ...` runs it on several GPUs. Any key of
+    the recipe can be set after the options, dotted into its sections, e.g. `training.learning_rate=5e-4 lora.r=8`
+    (the training: section's keys are VPScoreConfig's, i.e. TrainingArguments names).
     """
     from vprefer.progress import no_bars_without_a_terminal
     from vprefer.reward.recipe import RewardRecipe
 
-    r = RewardRecipe.load(recipe)  # a typo in the recipe is reported before torch is imported (seconds)
+    r = load_recipe(RewardRecipe, recipe, "reward", overrides)  # a typo is reported before torch is imported
     if annotator:
         r.annotators, r.annotator_weights = parse_annotators(annotator)
     if init is not None:
@@ -47,7 +50,12 @@ def train_reward(
     for d in runs:
         as_run(d)  # a wrong --data fails in one line before any model is built or OUT is made
     from vprefer.dist import state
-    from vprefer.reward.train import train_reward as train_api
+    from vprefer.reward.train import train_reward as train_api, training_config
+
+    args = training_config(r, out_dir, has_val=True)  # the training: section (a VPScoreConfig) is checked first
+    for key, v in r.training.settings().items():  # training.learning_rate=5e-4: YAML 1.1 reads a string; the
+        if isinstance(v, str) and isinstance(getattr(args, key), (int, float)):  # saved recipe.yaml holds the number
+            setattr(r.training, key, getattr(args, key))
     from vprefer.testing.stand_ins import ensure_backbone
 
     no_bars_without_a_terminal()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from vprefer.cli._app import app, friendly, out
+from vprefer.cli._app import app, friendly, load_recipe, out, overrides_argument
 from vprefer.prompts.sources import read_prompts
 
 rl = typer.Typer(help="Fine-tune a diffusers generator against VP-Score (ReFL) or on preference pairs (Diffusion-DPO). "
@@ -39,13 +39,17 @@ def refl_cmd(
                                                  "(exposes reward hacking)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
+    overrides: Optional[List[str]] = overrides_argument(),
 ) -> None:
-    """ReFL: reward feedback through one late denoising step, with LoRA on the UNet."""
+    """ReFL: reward feedback through one late denoising step, with LoRA on the UNet.
+
+    Any field of the recipe (ReFLConfig: TrainingArguments plus ReFL's) can be set after the options, e.g.
+    `vprefer rl refl --recipe refl-sd15 ... learning_rate=1e-5 t_lo=25 t_hi=35`.
+    """
     from vprefer.rl import ReFLConfig, ReFLTrainer
-    from vprefer.rl.common import config_from_yaml
     from vprefer.rl.refl import run_images
 
-    cfg = config_from_yaml(ReFLConfig, recipe, output_dir=str(out_dir), max_steps=max_steps)
+    cfg = load_recipe(ReFLConfig, recipe, "rl", overrides, output_dir=str(out_dir), max_steps=max_steps)
     from vprefer.dist import state
     from vprefer.testing.stand_ins import ensure_pipeline
 
@@ -73,15 +77,19 @@ def dpo_cmd(
                                                  "(exposes reward hacking)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
+    overrides: Optional[List[str]] = overrides_argument(),
 ) -> None:
-    """Diffusion-DPO on preference pairs (ties dropped); the reference is the UNet with adapters off."""
+    """Diffusion-DPO on preference pairs (ties dropped); the reference is the UNet with adapters off.
+
+    Any field of the recipe (DiffusionDPOConfig) can be set after the options, e.g. `beta=2500 learning_rate=1e-8`.
+    """
     from vprefer.exchange import import_pickapic
     from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer
-    from vprefer.rl.common import config_from_yaml
     from vprefer.rl.dpo import dpo_pairs
 
-    cfg = config_from_yaml(DiffusionDPOConfig, recipe, output_dir=str(out_dir), max_steps=max_steps, aspect=aspect,
-                           annotators=[a.strip() for a in annotator.split(",") if a.strip()] if annotator else None)
+    cfg = load_recipe(DiffusionDPOConfig, recipe, "rl", overrides, output_dir=str(out_dir), max_steps=max_steps,
+                      aspect=aspect,
+                      annotators=[a.strip() for a in annotator.split(",") if a.strip()] if annotator else None)
     from vprefer.dist import state
     from vprefer.testing.stand_ins import ensure_pipeline
 

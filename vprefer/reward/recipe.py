@@ -6,6 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vprefer.config import OLD_TRAINING_KEYS, renamed_training_keys
 from vprefer.recipes import Recipe, find_asset
 from vprefer.schema import ASPECTS, OVERALL
 
@@ -39,24 +40,39 @@ class Loss(_Strict):
     aspect_weights: dict[str, float] = {}
 
 
-class Training(_Strict):
-    learning_rate: float = Field(1e-4, gt=0)
-    head_learning_rate: Optional[float] = Field(None, gt=0, description="default: 10x learning_rate")
-    epochs: float = Field(3, gt=0)
-    max_steps: int = -1
-    batch_size: int = Field(16, ge=1, description="pairs per device per step")
-    grad_accum: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: str = "cosine"
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts held out (split by prompt)")
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 500
-    eval_steps: Optional[int] = None
-    num_workers: int = 0
+class Training(BaseModel):
+    """The ``training:`` section: fields of :class:`vprefer.reward.trainer.VPScoreConfig` (TrainingArguments names:
+    learning_rate, num_train_epochs, per_device_train_batch_size, gradient_accumulation_steps, warmup_steps,
+    lr_scheduler_type, bf16, ... plus head_learning_rate and val_fraction), which owns their defaults and checks
+    them when ``training_config()`` builds it (vprefer.config: one loader for every trainer's config). Kept open
+    here so a recipe loads, and a typo elsewhere in it is reported, before torch is imported. Keys the section
+    leaves out read as VPScoreConfig's defaults; the names it had before issue 29 load, with a warning."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data, info):
+        if not isinstance(data, dict):
+            return data
+        return renamed_training_keys(data, (info.context or {}).get("source", "recipe"))
+
+    def settings(self) -> dict:
+        """The keys the recipe sets (an old name set after loading, as a test may, translated too)."""
+        return renamed_training_keys(dict(self.__pydantic_extra__ or {}), "recipe")
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+            new = OLD_TRAINING_KEYS.get(name)
+            if new and new in (self.__pydantic_extra__ or {}):
+                return self.__pydantic_extra__[new]
+            from vprefer.reward.trainer import config_default
+
+            return config_default(new or name)
 
 
 class RewardRecipe(Recipe):
@@ -80,7 +96,7 @@ class RewardRecipe(Recipe):
                                      "weights and heads) instead of the pretrained backbone, e.g. to fine-tune on "
                                      "audited human pairs; same backbone kind and aspects")
     loss: Loss = Loss()
-    training: Training = Training()
+    training: Training = Field(default_factory=Training)
 
     @model_validator(mode="after")
     def _prior_names_aspects(self):

@@ -13,6 +13,7 @@ import polars as pl
 import torch
 import yaml
 
+from vprefer.config import build_dataclass
 from vprefer.recipes import RecipeError
 from vprefer.reward.build import build, init_from
 from vprefer.reward.data import PairCollator, PairDataset, load_pairs, split_by_prompt
@@ -25,20 +26,21 @@ from vprefer.secrets import redact
 
 
 def training_config(recipe: RewardRecipe, out: Path, has_val: bool) -> VPScoreConfig:
-    t, cuda = recipe.training, torch.cuda.is_available()
-    return VPScoreConfig(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate, head_learning_rate=t.head_learning_rate, num_train_epochs=t.epochs,
-        max_steps=t.max_steps, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
-        lr_scheduler_type=t.lr_scheduler, bf16=t.bf16 and cuda, use_cpu=not cuda, seed=t.seed,
-        logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, report_to=["tensorboard"],
-        eval_strategy="steps" if has_val and t.eval_steps else "no", eval_steps=t.eval_steps,
-        remove_unused_columns=False, dataloader_num_workers=t.num_workers,
+    """The recipe's ``training:`` section -> VPScoreConfig by the loader every trainer's config uses
+    (``vprefer.config.build_dataclass``: its keys are the config's fields); what depends on the machine, the run
+    and the recipe's ``loss:`` section is set here."""
+    cuda, t = torch.cuda.is_available(), recipe.training.settings()
+    return build_dataclass(VPScoreConfig, {
+        **t, "output_dir": str(out / "checkpoints"), "bf16": bool(t.get("bf16")) and cuda, "use_cpu": not cuda,
+        # the backbone's checkpointing is switched on by build() (before LoRA / k-bit wrapping); the Trainer
+        # must not try it again on the VPScore wrapper, which is no PreTrainedModel
+        "gradient_checkpointing": False,
+        "eval_strategy": "steps" if has_val and t.get("eval_steps") else "no",
         # tqdm's own switch, honoured; and no \r-redrawn bar in a log (the Trainer prints plain log lines instead)
-        disable_tqdm=os.environ.get("TQDM_DISABLE", "") in ("1", "true", "True") or not sys.stderr.isatty(),
-        tie_mode=recipe.loss.ties, use_pair_weights=recipe.loss.use_pair_weights,
-        aspect_weights=recipe.loss.aspect_weights)
+        "disable_tqdm": os.environ.get("TQDM_DISABLE", "") in ("1", "true", "True") or not sys.stderr.isatty(),
+        "tie_mode": recipe.loss.ties, "use_pair_weights": recipe.loss.use_pair_weights,
+        "aspect_weights": recipe.loss.aspect_weights}, recipe.source, prefix="training.",
+        from_cli=[k.split(".", 1)[1] for k in recipe.cli if k.startswith("training.")])
 
 
 def calibration_items(df: pl.DataFrame, limit: int = 512) -> pl.DataFrame:
@@ -61,14 +63,15 @@ def calibrate(model: VPScore, df: pl.DataFrame, limit: int = 512) -> dict[str, t
 
 def train_reward(recipe: RewardRecipe, runs: Sequence[str | Path], out: str | Path, *, resume: bool = False) -> dict:
     out = Path(out)
-    torch.manual_seed(recipe.training.seed)
+    args = training_config(recipe, out, has_val=True)  # the training section is checked before data or model load
+    torch.manual_seed(args.seed)
     if recipe.annotator_weights and not recipe.loss.use_pair_weights:
         raise RecipeError(f"recipe {recipe.name}: annotator_weights need loss.use_pair_weights: true")
     df = load_pairs(runs, recipe.aspects, recipe.annotators, recipe.annotator_weights)  # bad data fails here
     out.mkdir(parents=True, exist_ok=True)
     if recipe.loss.ties == "drop":
         df = df.filter(~pl.col("tie"))
-    train_df, val_df = split_by_prompt(df, recipe.training.val_fraction, recipe.training.seed)
+    train_df, val_df = split_by_prompt(df, args.val_fraction, args.seed)
     model = build(recipe)
     if recipe.init_from:
         init_from(model, recipe.init_from)

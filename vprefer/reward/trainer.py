@@ -8,7 +8,7 @@ and an accuracy metric on held-out prompts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +16,55 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from vprefer.errors import InputError
+from vprefer.recipes import RecipeError
 from vprefer.reward.loss import bradley_terry_loss
 
 
 @dataclass
 class VPScoreConfig(TrainingArguments):
-    tie_mode: str = field(default="soft", metadata={"help": "soft (target 0.5) or drop"})
+    """The reward recipe's ``training:`` section, field for field (vprefer.config). The defaults are reward
+    training's, as TRL's configs set their own: a recipe names only what it changes."""
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "the backbone's (LoRA's) learning rate"})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "default: 10x learning_rate"})
+    num_train_epochs: float = 3
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "pairs per device per step"})
+    per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "default: the training batch"})
+    warmup_steps: float = field(default=0.05, metadata={"help": "a float < 1 is a share of the steps"})
+    lr_scheduler_type: str = "cosine"
+    logging_steps: float = 10
+    seed: int = 0
+    save_total_limit: int | None = 2
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
+    remove_unused_columns: bool = False  # the pair collator needs every column
+    val_fraction: float = field(default=0.1, metadata={"help": "share of prompts held out (split by prompt)"})
+    tie_mode: str = field(default="soft", metadata={"help": "soft (target 0.5) or drop (set from the recipe's loss)"})
     use_pair_weights: bool = field(default=True)
     aspect_weights: dict = field(default_factory=dict)
-    head_learning_rate: float | None = field(default=None)
+
+    def __post_init__(self):  # what a recipe can get wrong, one line naming the key (before any model loads)
+        check = [("learning_rate", self.learning_rate > 0, "> 0"),
+                 ("head_learning_rate", self.head_learning_rate is None or self.head_learning_rate > 0, "> 0"),
+                 ("num_train_epochs", self.num_train_epochs > 0, "> 0"),
+                 ("per_device_train_batch_size", self.per_device_train_batch_size >= 1, ">= 1"),
+                 ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, ">= 1"),
+                 ("warmup_steps", self.warmup_steps >= 0, ">= 0 (a float < 1 is a share of the steps)"),
+                 ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                 ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)")]
+        for key, ok, rule in check:
+            if not ok:
+                raise RecipeError(f"training.{key} must be {rule}, got {getattr(self, key)!r}")
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        super().__post_init__()
+
+
+def config_default(name: str):
+    """VPScoreConfig's default for ``name`` (what a recipe's training section reads as when it leaves it out)."""
+    f = next((f for f in fields(VPScoreConfig) if f.name == name and f.init), None)
+    if f is None:
+        raise AttributeError(f"training has no setting {name!r} (VPScoreConfig's fields are the keys)")
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 class VPScoreTrainer(Trainer):

@@ -62,6 +62,18 @@ class DiffusionTrainingConfig(TrainingArguments):
                                                                        "madebyollin/sdxl-fp16-fix for SDXL in fp16"})
 
     def __post_init__(self):
+        # what a user can get wrong, checked before any pipeline or reward loads (one line naming the key)
+        check = [(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8"),
+                 (self.lora_rank >= 1, "lora_rank must be >= 1"), (self.lora_alpha > 0, "lora_alpha must be > 0"),
+                 (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = no EMA)"),
+                 (self.guidance_scale >= 0, "guidance_scale must be >= 0 (1 = no classifier-free guidance)"),
+                 (self.eval_every >= 0, "eval_every must be >= 0 (0 = only before and after)"),
+                 (self.eval_steps_sampling >= 1, "eval_steps_sampling must be >= 1"),
+                 (bool(self.reward_aspects) and all(isinstance(w, (int, float)) for w in self.reward_aspects.values()),
+                  "reward_aspects must map aspect names to numeric weights, e.g. {overall: 1.0}")]
+        for ok, why in check:
+            if not ok:
+                raise RecipeError(f"{why}; got {why.split()[0]}={getattr(self, why.split()[0])!r}")
         if not torch.cuda.is_available():  # several CPU processes are one gloo job only when CPU is asked for
             self.use_cpu = True
         super().__post_init__()

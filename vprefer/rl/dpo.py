@@ -24,6 +24,7 @@ from vprefer.rl.losses import diffusion_dpo_loss, noise_mse
 from vprefer.rl.noising import noise_target, sample_timesteps, training_scheduler
 from vprefer.diffusion import encode, encode_images, load_pixels
 from vprefer.errors import InputError
+from vprefer.recipes import RecipeError
 from vprefer.store import Run
 
 
@@ -37,6 +38,13 @@ class DiffusionDPOConfig(DiffusionTrainingConfig):
     proportion_empty_prompts: float = field(default=0.2, metadata={"help": "share of pairs trained on the empty "
                                                                            "prompt (official Diffusion-DPO: 0.2); "
                                                                            "keeps the unconditional branch for CFG"})
+
+    def __post_init__(self):  # before any pipeline loads, one line naming the key
+        if not self.beta > 0:
+            raise RecipeError(f"beta must be > 0 (Diffusion-DPO's KL weight, e.g. 5000 for SD1.5), got beta={self.beta}")
+        if not 0.0 <= self.proportion_empty_prompts <= 1.0:
+            raise RecipeError(f"proportion_empty_prompts must be in [0, 1], got {self.proportion_empty_prompts}")
+        super().__post_init__()
 
 
 def dpo_pairs(run_dir, aspect: str, annotators: Sequence[str] | None = None) -> list[dict]:

@@ -59,6 +59,25 @@ class PromptOptConfig(GRPOConfig):
     create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: `policy` is a tiny stand-in "
                                                                           "the CLI builds if absent"})
 
+    def __post_init__(self):  # before the policy, generator or reward loads: one line naming the key
+        g = self.generator if isinstance(self.generator, dict) else {}
+        check = [(isinstance(self.generator, dict) and bool(g.get("pretrained")),
+                  f"generator must be a mapping with a pretrained pipeline, got generator={self.generator!r}"),
+                 (int(g.get("resolution", 512)) % 8 == 0 and int(g.get("resolution", 512)) >= 8,
+                  f"generator.resolution must be a positive multiple of 8, got {g.get('resolution')!r}"),
+                 (int(g.get("steps", 20)) >= 1, f"generator.steps must be >= 1, got {g.get('steps')!r}"),
+                 (float(g.get("guidance", 7.5)) >= 0, f"generator.guidance must be >= 0, got {g.get('guidance')!r}"),
+                 (self.images_per_rewrite >= 1, f"images_per_rewrite must be >= 1, got {self.images_per_rewrite}"),
+                 (0 <= self.min_words <= self.max_words, f"need 0 <= min_words <= max_words, got min_words="
+                                                         f"{self.min_words}, max_words={self.max_words}"),
+                 (self.length_penalty >= 0, f"length_penalty must be >= 0, got {self.length_penalty}"),
+                 (self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}"),
+                 (bool(self.aspect_weights), "aspect_weights must name at least one aspect, e.g. {overall: 1.0}")]
+        for ok, why in check:
+            if not ok:
+                raise RecipeError(why)
+        super().__post_init__()
+
 
 class RewriteReward:
     """The GRPO reward function: VP-Score of generated images (see the module docstring)."""

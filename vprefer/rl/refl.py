@@ -20,6 +20,7 @@ from vprefer.rl.losses import noise_mse, refl_loss
 from vprefer.rl.noising import noise_target, rollout_scheduler, sample_timesteps, training_scheduler
 from vprefer.diffusion import decode, encode, encode_images, load_pixels, predict_noise
 from vprefer.errors import InputError
+from vprefer.recipes import RecipeError
 
 
 @dataclass
@@ -34,8 +35,12 @@ class ReFLConfig(DiffusionTrainingConfig):
 
     def __post_init__(self):
         # checked before any pipeline or reward loads: a bad gradient window fails in a second, not after a load
-        if not 0 <= self.t_lo <= self.t_hi < self.num_steps:
-            raise InputError(f"need 0 <= t_lo <= t_hi < num_steps, got {self.t_lo}, {self.t_hi}, {self.num_steps}")
+        if self.num_steps < 1 or not 0 <= self.t_lo <= self.t_hi < self.num_steps:
+            raise RecipeError(f"need 0 <= t_lo <= t_hi < num_steps (the rollout's scheduler steps), got t_lo={self.t_lo}, "
+                              f"t_hi={self.t_hi}, num_steps={self.num_steps}")
+        if self.train_guidance_scale < 0 or self.grad_scale <= 0 or self.pretrain_weight < 0:
+            raise RecipeError(f"need train_guidance_scale >= 0, grad_scale > 0 and pretrain_weight >= 0, got "
+                              f"{self.train_guidance_scale}, {self.grad_scale}, {self.pretrain_weight}")
         super().__post_init__()
 
 

@@ -167,7 +167,7 @@ def reward_model(s: Stages, c: LoopConfig) -> dict:
 
     r = RewardRecipe.load("vp-score-world")
     r.backbone.name_or_path = str(s.clip)
-    r.training.epochs, r.training.seed = c.reward_epochs, c.seed
+    r.training.num_train_epochs, r.training.seed = c.reward_epochs, c.seed
     r.training.logging_steps, r.training.save_steps = 10_000, 10_000
     return train_reward(r, [s.run], s.vpscore)
 
