@@ -242,7 +242,7 @@ def test_learning_check_tiny_backbone_from_scratch(tmp_path):
     """Procedural world where the right answer depends on the prompt's colour: >= 90% held out."""
     train_run = make_run(tmp_path / "train", 300, seed=0)
     held_out = make_run(tmp_path / "held", 50, seed=11)
-    r = recipe(tmp_path, training__max_steps=-1, training__epochs=8, training__val_fraction=0.0)
+    r = recipe(tmp_path, training__max_steps=-1, training__num_train_epochs=8, training__val_fraction=0.0)
     train_reward(r, [train_run], tmp_path / "m")
     rep = evaluate_run(VPScore.from_pretrained(tmp_path / "m"), held_out, annotator="truth", n_boot=100)
     acc = {a["aspect"]: a["acc_skip_ties"] for a in rep["aspects"] if a["pairs"] > a["gold_ties"]}

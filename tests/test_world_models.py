@@ -147,7 +147,7 @@ def test_vpscore_on_the_shipped_backbone_beats_a_random_one_on_held_out_prompts(
     for name, path in (("world", tmp_path / "world-clip"), ("random", tmp_path / "random")):
         r = RewardRecipe.load("vp-score-world")
         r.backbone.name_or_path = str(path)
-        r.training.epochs, r.training.logging_steps, r.training.save_steps = 3, 10_000, 10_000
+        r.training.num_train_epochs, r.training.logging_steps, r.training.save_steps = 3, 10_000, 10_000
         r.annotators = ["judge"]
         ensure_backbone(r)
         train_reward(r, [train], tmp_path / f"vp-{name}")
