@@ -82,3 +82,27 @@ def test_a_client_going_away_prints_no_traceback(judge, capsys):
     except KeyError:
         judge.handle_error(None, ("127.0.0.1", 1))
     assert "KeyError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["info", "RUN"], ["rl", "sample", "--lora", "RUN", "--prompts", "P", "--out", "RUN"]])
+def test_one_handler_for_every_command_and_sub_command(tmp_path, monkeypatch, args):
+    """Errors become one line in one place (the root group), for top-level commands and those of a sub-app
+    alike; Ctrl-C says what is kept and exits 130 (a shell's convention), never a traceback."""
+    from vprefer.errors import InputError
+
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    args = [str(tmp_path) if a == "RUN" else str(tmp_path / "p.txt") if a == "P" else a for a in args]
+    target = ("vprefer.cli.data.summarize" if args[0] == "info" else "vprefer.rl.sample.before_after")
+
+    def boom(*a, **k):
+        raise InputError("the sky fell (a one-line cause)")
+
+    monkeypatch.setattr(target, boom)
+    _one_line(CliRunner().invoke(app, args), "the sky fell")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 130 and "interrupted" in r.output and "Traceback" not in r.output, r.output

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from typing import Callable
-
 import typer
 import typer.core
 from rich.console import Console
@@ -13,7 +9,25 @@ from rich.console import Console
 from vprefer.errors import VpreferError
 from vprefer.secrets import redact
 
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The one handler of every command (sub-commands' errors travel up through the root group): a
+    :class:`VpreferError` (a mistake the user can fix) prints one redacted line and exits 1; Ctrl-C says
+    what is kept and exits 130; anything else is a bug and keeps its traceback, so it is never hidden
+    behind a tidy message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: everything answered so far is saved; rerun the same command to resume")
+            raise typer.Exit(130) from None
+        except VpreferError as e:
+            fail(str(e))
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="vprefer",
     help=(
         "vprefer: turn multimodal-LLM judgements into preference data, VP-Score reward models "
@@ -57,23 +71,6 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def friendly(fn: Callable) -> Callable:
-    """A :class:`VpreferError` (a mistake the user can fix) prints one redacted line and exits 1;
-    anything else is a bug and keeps its traceback, so it is never hidden behind a tidy message."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: everything answered so far is saved; rerun the same command to resume")
-            sys.exit(130)
-        except VpreferError as e:
-            fail(str(e))
-
-    return wrapper
 
 
 def overrides_argument():

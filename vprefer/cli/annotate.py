@@ -13,8 +13,7 @@ from rich.table import Table
 from vprefer.annotate import AnnotatorPreset, annotate as annotate_api, make_pairs
 from vprefer.annotate.status import batch_status
 from vprefer.cli import _paid as paid
-from vprefer.cli._app import app, fail, friendly, out
-from vprefer.llm import FatalAPIError
+from vprefer.cli._app import app, out
 from vprefer.store import Run
 
 
@@ -33,7 +32,6 @@ def bias_table(bias) -> Table:
 
 
 @app.command()
-@friendly
 def annotate(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts and images."),
     annotator: str = typer.Option(..., "--annotator", help="Preset name (annotators/NAME.yaml) or path."),
@@ -56,11 +54,8 @@ def annotate(
     urls = [u.strip() for u in base_url.split(",") if u.strip()] if base_url and "," in base_url else None
     preset = _preset(annotator, base_url=None if urls else base_url, base_urls=urls, model=model, mode=mode,
                      concurrency=concurrency, permutations=permutations)
-    try:
-        res = annotate_api(run_dir, preset, dry_run=dry_run, max_cost=max_cost, limit=limit, wait=not no_wait,
-                           progress=sys.stderr.isatty(), results=results or None, log_every_s=log_every)
-    except FatalAPIError as e:  # its message ends with what this run came to
-        fail(str(e))
+    res = annotate_api(run_dir, preset, dry_run=dry_run, max_cost=max_cost, limit=limit, wait=not no_wait,
+                       progress=sys.stderr.isatty(), results=results or None, log_every_s=log_every)
     t = Table("", "value", title=f"annotate {preset.annotator_id} ({preset.mode})")
     t.add_row("image sets x permutations", f"{res.planned:,}")
     t.add_row("already answered", f"{res.already_done:,}")
@@ -95,7 +90,6 @@ def annotate(
 
 
 @app.command()
-@friendly
 def batches(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     annotator: str = typer.Option(..., "--annotator", help="Preset name or path (batch mode)."),
@@ -114,7 +108,6 @@ def batches(
 
 
 @app.command()
-@friendly
 def pairs(
     run_dir: Path = typer.Argument(..., help="Run directory with annotations."),
     overall: str = typer.Option("mean", "--overall", help="How 'overall' combines the aspects: mean, or "
@@ -136,7 +129,6 @@ def pairs(
 
 
 @app.command("judge-server")
-@friendly
 def judge_server(
     port: int = typer.Option(8765, help="Port on 127.0.0.1."),
     latency: float = typer.Option(0.0, help="Seconds per request."),

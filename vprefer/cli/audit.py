@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vprefer.cli._app import app, friendly, out
+from vprefer.cli._app import app, out
 from vprefer.store import as_run
 
 audit = typer.Typer(help="Human agreement audits with a local Label Studio (token from VPREFER_LS_TOKEN).",
@@ -20,7 +20,6 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 @server.command("start")
-@friendly
 def server_start(port: int = typer.Option(8080, "--port", help="Port Label Studio listens on."),
                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Label Studio's database, media "
                                                          "and log, kept between starts (default: a checkout's "
@@ -49,7 +48,6 @@ def server_start(port: int = typer.Option(8080, "--port", help="Port Label Studi
 
 
 @server.command("stop")
-@friendly
 def server_stop(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="The --data-dir it was started "
                                                         "with (default: the same default as start's).")) -> None:
     """Stop the local Label Studio started by `audit server start`."""
@@ -60,7 +58,6 @@ def server_stop(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help
 
 
 @audit.command("push")
-@friendly
 def push_cmd(
     run_dir: Path = typer.Argument(...),
     n: int = typer.Option(50, "--n", help="How many image sets (or pairs, with --interface pairwise)."),
@@ -90,7 +87,6 @@ def push_cmd(
 
 
 @audit.command("pull")
-@friendly
 def pull_cmd(run_dir: Path = typer.Argument(...), url: Optional[str] = typer.Option(None, "--url", help="Label Studio's "
                                                                                    "address (default: the one push used).")) -> None:
     """Fetch completed annotations (any number of annotators per task) into the 'human' table; gold answers and
@@ -103,7 +99,6 @@ def pull_cmd(run_dir: Path = typer.Argument(...), url: Optional[str] = typer.Opt
 
 
 @audit.command("report")
-@friendly
 def report_cmd(run_dir: Path = typer.Argument(...), out_dir: Path = typer.Option(..., "--out", help="Folder for "
                                                                                             "the report files."),
                model: Optional[str] = typer.Option(None, "--model", help="VP-Score to compare with the humans too."),

@@ -9,11 +9,10 @@ from typing import Optional
 import typer
 
 from vprefer.cli import _paid as paid
-from vprefer.cli._app import app, fail, friendly, out
+from vprefer.cli._app import app, out
 
 
 @app.command()
-@friendly
 def caption(
     run_dir: Path = typer.Argument(..., help="Run directory with images."),
     annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any vision chat model."),
@@ -33,15 +32,11 @@ def caption(
     """Write a caption for every image (captions table) through the annotation client. Resumable."""
     from vprefer.annotate.preset import AnnotatorPreset
     from vprefer.caption import CaptionStyle, caption as caption_api, captions_to_prompts
-    from vprefer.llm import FatalAPIError
 
     p = AnnotatorPreset.load(annotator, base_url=base_url, model=model, concurrency=concurrency)
     st = CaptionStyle.load(style)
-    try:
-        r = caption_api(run_dir, p, style=st, max_cost=max_cost, limit=limit, dry_run=dry_run, mode=mode,
-                        results=results or None, on_update=_progress() if sys.stderr.isatty() else None)
-    except FatalAPIError as e:
-        fail(f"{e}. Everything answered so far is saved.")
+    r = caption_api(run_dir, p, style=st, max_cost=max_cost, limit=limit, dry_run=dry_run, mode=mode,
+                    results=results or None, on_update=_progress() if sys.stderr.isatty() else None)
     if dry_run:
         out.print(f"{r.planned} images: {r.already_done} already captioned ({st.name}), {r.todo} to send, "
                   f"estimated ${r.est_cost_usd:.4f} ({r.est_basis}); dry run: nothing was sent")

@@ -9,13 +9,12 @@ import typer
 from rich.table import Table
 
 from vprefer import exchange, schema
-from vprefer.cli._app import app, console, fail, friendly, out
+from vprefer.cli._app import app, console, fail, out
 from vprefer.info import find_runs, summarize
 from vprefer.ingest import IngestError, ingest as ingest_api
 
 
 @app.command()
-@friendly
 def ingest(
     manifest: Path = typer.Argument(..., help="JSONL, CSV or parquet; one row per prompt: prompt, images "
                                                "(paths relative to the manifest, or URLs), optional generator, "
@@ -48,7 +47,6 @@ def _bad_table(bad: list[tuple[int, str, str]]) -> None:
 
 
 @app.command("import")
-@friendly
 def import_(
     file: Path = typer.Argument(..., help="ImageReward/HPDv2 test json or Pick-a-Pic parquet."),
     fmt: str = typer.Option(..., "--format", help="imagereward | hpdv2 | pickapic"),
@@ -63,7 +61,6 @@ def import_(
 
 
 @app.command()
-@friendly
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     fmt: str = typer.Option(..., "--format", help="imagereward | pickapic | hf | hf-captions (image + caption "
@@ -80,7 +77,6 @@ def export(
 
 
 @app.command()
-@friendly
 def info(run_dir: Path = typer.Argument(..., help="Run directory, or a folder of runs (e.g. the demo's).")) -> None:
     """Summary of a run: rows per table, annotators, aspects, annotation status and cost so far.
 
@@ -116,7 +112,6 @@ def _info_one(run_dir: Path) -> None:
 
 
 @app.command()
-@friendly
 def demo(
     out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the demo run and report.html."),
     fast: bool = typer.Option(False, "--fast", help="A smaller, quicker version (used by the tests)."),

@@ -8,14 +8,13 @@ from typing import Optional
 import typer
 
 from vprefer.cli import _paid as paid
-from vprefer.cli._app import app, friendly, out
+from vprefer.cli._app import app, out
 
 prompts_app = typer.Typer(help="Prompt sourcing and LLM upsampling.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
 
 
 @prompts_app.command("sample")
-@friendly
 def sample(
     source: Path = typer.Argument(..., help="DiffusionDB metadata parquet, PartiPrompts TSV, DrawBench CSV, GenEval "
                                             "jsonl, HPDv2 benchmark json, or a .txt/.jsonl/.csv with a 'prompt' column."),
@@ -41,7 +40,6 @@ def sample(
 
 
 @prompts_app.command("upsample")
-@friendly
 def upsample_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts."),
     annotator: str = typer.Option(..., "--annotator", help="Preset (annotators/NAME.yaml): any chat model; or local:DIR, a rewriter trained by `vprefer rl prompts`."),
@@ -78,7 +76,6 @@ def upsample_cmd(
 
 
 @app.command()
-@friendly
 def generate(
     run_dir: Path = typer.Argument(..., help="Run directory with prompts."),
     recipe: str = typer.Option(..., "--recipe", help="rl/generators-*.yaml"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vprefer.cli._app import app, friendly, out
+from vprefer.cli._app import app, out
 
 recipes_app = typer.Typer(
     help="The annotator presets, rubrics, caption styles, reward and RL recipes and Label Studio files that ship with "
@@ -15,7 +15,6 @@ app.add_typer(recipes_app, name="recipes")
 
 
 @recipes_app.command("ls")
-@friendly
 def ls_cmd(paths: bool = typer.Option(False, "--paths", help="Show each file's full path.")) -> None:
     """List every recipe, preset, rubric, caption style and Label Studio file by kind, and where it comes from:
     "local ./rl/" (the working directory's folder, used first) or "shipped"; a shipped one a local file of the
@@ -34,7 +33,6 @@ def ls_cmd(paths: bool = typer.Option(False, "--paths", help="Show each file's f
 
 
 @recipes_app.command("cp")
-@friendly
 def cp_cmd(
     name: str = typer.Argument(..., help="A shipped file's name as `recipes ls` shows it (dpo-tiny, gpt-4o, sets-4); "
                                "FOLDER/NAME (rl/dpo-tiny) where two kinds share a name."),

@@ -12,12 +12,11 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from vprefer.cli._app import app, console, fail, friendly, load_recipe, out, overrides_argument
+from vprefer.cli._app import app, console, fail, load_recipe, out, overrides_argument
 from vprefer.store import as_run
 
 
 @app.command("train-reward")
-@friendly
 def train_reward(
     recipe: str = typer.Option(..., "--recipe", help="reward/NAME.yaml (or a recipe name)."),
     data: str = typer.Option(..., "--data", help="Run directory, or several separated by commas."),
@@ -111,7 +110,6 @@ def eval_table(rep: dict) -> Table:
 
 
 @app.command("eval-reward")
-@friendly
 def eval_reward(
     model: str = typer.Argument(..., help="VP-Score folder or hub id."),
     data: Path = typer.Option(..., "--data", help="Run directory, or an exchange file (see --format)."),
@@ -183,7 +181,6 @@ def eval_reward(
 
 
 @app.command()
-@friendly
 def score(
     model: str = typer.Argument(..., help="VP-Score folder or hub id."),
     images: Optional[List[Path]] = typer.Argument(None, help="Image files (with --prompt)."),

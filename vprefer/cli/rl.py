@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from vprefer.cli._app import app, friendly, load_recipe, out, overrides_argument
+from vprefer.cli._app import app, load_recipe, out, overrides_argument
 from vprefer.prompts.sources import read_prompts
 
 rl = typer.Typer(help="Fine-tune a diffusers generator against VP-Score (ReFL) or on preference pairs (Diffusion-DPO). "
@@ -27,7 +27,6 @@ def _report(history: list[dict], out_dir: Path) -> None:
 
 
 @rl.command("refl")
-@friendly
 def refl_cmd(
     recipe: Path = typer.Option(..., "--recipe", help="rl/refl-*.yaml"),
     reward: str = typer.Option(..., "--reward", help="VP-Score folder or hub id (differentiable reward)."),
@@ -63,7 +62,6 @@ def refl_cmd(
 
 
 @rl.command("dpo")
-@friendly
 def dpo_cmd(
     recipe: Path = typer.Option(..., "--recipe", help="rl/dpo-*.yaml"),
     data: Path = typer.Option(..., "--data", help="Run directory with a pairs table, or a Pick-a-Pic parquet."),
@@ -115,7 +113,6 @@ def dpo_cmd(
 
 
 @rl.command("sample")
-@friendly
 def sample_cmd(
     lora: Path = typer.Option(..., "--lora", help="Folder written by rl refl/dpo."),
     prompts: Path = typer.Option(..., "--prompts", help="Prompts to draw: run directory, .txt, .jsonl, .csv, "

@@ -8,13 +8,12 @@ from typing import List, Optional
 
 import typer
 
-from vprefer.cli._app import friendly, load_recipe, out, overrides_argument
+from vprefer.cli._app import load_recipe, out, overrides_argument
 from vprefer.cli.rl import rl
 from vprefer.prompts.sources import read_prompts
 
 
 @rl.command("prompts")
-@friendly
 def prompts_cmd(
     recipe: str = typer.Option(..., "--recipe", help="rl/grpo-prompts-*.yaml (policy, generator, aspect weights, GRPO)."),
     reward: str = typer.Option(..., "--reward", help="VP-Score folder (the reward of a rewrite: its images' scores)."),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from vprefer.cli._app import app, friendly, out
+from vprefer.cli._app import app, out
 from vprefer.errors import InputError
 
 world_app = typer.Typer(help="The learnable stand-in world: pretrain the models that have learned it.",
@@ -20,7 +20,6 @@ app.add_typer(world_app, name="world")
 
 
 @world_app.command("pretrain-generator")
-@friendly
 def pretrain_generator_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the diffusers pipeline (StableDiffusionPipeline)."),
     steps: int = typer.Option(1200, "--steps", help="UNet + text-encoder updates (the shipped generator: 1200)."),
@@ -52,7 +51,6 @@ def pretrain_generator_cmd(
 
 
 @world_app.command("pretrain-backbone")
-@friendly
 def pretrain_backbone_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the CLIP (model, tokenizer, image processor)."),
     steps: int = typer.Option(2000, "--steps", help="Contrastive updates (0: save the random initialisation)."),
@@ -78,7 +76,6 @@ def pretrain_backbone_cmd(
 
 
 @world_app.command("pretrain-lm")
-@friendly
 def pretrain_lm_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the causal LM and its tokenizer."),
     steps: int = typer.Option(3000, "--steps", help="Updates (0: save the random initialisation; 600 kept no "
