@@ -270,3 +270,17 @@ def test_cli_train_eval_score(world, tmp_path):
     img = str(sorted((world / "images").glob("*.png"))[0])
     res = run(app, ["score", str(tmp_path / "m"), img, "--prompt", "a red circle"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "prompt_following" in res.output
+
+
+def test_evaluate_reward_checks_its_inputs_in_the_api_before_loading_a_model(tmp_path):
+    """The checks eval-reward made in the CLI only are the API's: a notebook gets the same clear errors, and
+    nothing is loaded first (the model path does not even exist)."""
+    from vprefer.errors import InputError
+    from vprefer.reward.evaluate import evaluate_reward
+
+    f = tmp_path / "test.json"
+    f.write_text("[]")
+    for kw, msg in [({"fmt": "nope"}, "unknown format"), ({"fmt": "imagereward"}, "--images-root"),
+                    ({"fmt": "imagereward", "images_root": tmp_path, "held_out": True}, "held_out.json")]:
+        with pytest.raises(InputError, match=msg):
+            evaluate_reward(tmp_path / "no-model", f, **kw)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -125,41 +124,11 @@ def eval_reward(
                                   "(MODEL/held_out.json), so a fine-tune is not judged on its own training pairs."),
 ) -> None:
     """Pairwise accuracy per aspect under both tie rules, Kendall tau-b, bootstrap 95% CIs over prompts."""
-    from vprefer.exchange import FORMATS_IN, import_file
+    from vprefer.reward.evaluate import evaluate_reward
 
-    if fmt not in ("vprefer", *FORMATS_IN):
-        fail(f"unknown format {fmt!r}; --format is one of: vprefer, {', '.join(FORMATS_IN)}")
-    if fmt == "vprefer":
-        from vprefer.images import require_image_files
-
-        require_image_files(as_run(data), "evaluate a reward model")  # inputs are checked before the model is loaded
-    elif not data.is_file():
-        fail(f"{data}: no such {fmt} file")
-    if fmt in ("imagereward", "hpdv2") and images_root is None:
-        fail("--images-root is needed to score the images of an imagereward/hpdv2 file")
-    prompt_ids = None
-    if held_out:
-        f = Path(model) / "held_out.json"
-        if not f.is_file():
-            fail(f"--held-out: {f} not found (written by train-reward)")
-        prompt_ids = json.loads(f.read_text())["prompt_ids"]
-        if not prompt_ids:
-            fail(f"--held-out: {model} held out no prompts (training.val_fraction was 0)")
-    from vprefer.reward import VPScore  # torch: only once the inputs are known to be good
-    from vprefer.reward.evaluate import evaluate_run
-
-    rm = VPScore.from_pretrained(model)
-    before = VPScore.from_pretrained(baseline) if baseline else None
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = data
-        if fmt != "vprefer":
-            run_dir = Path(tmp) / "run"
-            import_file(data, run_dir, fmt, images_root)
-        rep = evaluate_run(rm, run_dir, annotator=annotator, n_boot=n_boot, prompt_ids=prompt_ids)
-        if before is not None:
-            base = evaluate_run(before, run_dir, annotator=annotator, n_boot=n_boot, prompt_ids=prompt_ids)
-            rep["baseline"] = {"model": baseline, "aspects": base["aspects"]}
-    rep["run"], rep["held_out"] = str(data), held_out
+    rep = evaluate_reward(model, data, fmt=fmt, images_root=images_root, annotator=annotator, n_boot=n_boot,
+                          baseline=baseline, held_out=held_out)
+    before = rep.get("baseline")
     out.print(eval_table(rep))
     if before is not None:
         b = {a["aspect"]: a for a in rep["baseline"]["aspects"]}

@@ -3,6 +3,8 @@ shared agreement metrics (``vprefer.metrics``: both tie rules, Kendall tau-b, bo
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -10,7 +12,8 @@ import polars as pl
 from vprefer import schema
 from vprefer.errors import InputError
 from vprefer.metrics import kendall_per_prompt, pair_metrics
-from vprefer.store import Run
+from vprefer.store import Run, as_run
+
 
 def score_images(model, run: Run, image_ids: list[str] | None = None, batch_size: int = 32) -> pl.DataFrame:
     """A ``scores`` table (model, prompt_id, image_id, aspect, score) for the run's images.
@@ -54,3 +57,51 @@ def evaluate_run(model, run_dir: str | Path, *, annotator: str | None = None, as
             "tie_rules": {"skip_ties": "gold ties skipped, predicted tie wrong (ImageReward)",
                           "ties_half": "gold tie: 1 if predicted tie else 0.5; predicted tie on a decided pair: 0.5"},
             "aspects": table.to_dicts()}
+
+
+def held_out_prompts(model: str | Path) -> list[str]:
+    """The prompts a trained VP-Score held out from training (``MODEL/held_out.json``, written by train-reward)."""
+    f = Path(model) / "held_out.json"
+    if not f.is_file():
+        raise InputError(f"--held-out: {f} not found (written by train-reward)")
+    ids = json.loads(f.read_text())["prompt_ids"]
+    if not ids:
+        raise InputError(f"--held-out: {model} held out no prompts (training.val_fraction was 0)")
+    return ids
+
+
+def evaluate_reward(model: str | Path, data: str | Path, *, fmt: str = "vprefer", images_root: str | Path | None = None,
+                    annotator: str | None = None, n_boot: int = 1000, baseline: str | Path | None = None,
+                    held_out: bool = False) -> dict:
+    """What ``vprefer eval-reward`` reports, for API users too: a VP-Score (folder or hub id) on a run or an
+    exchange file (``fmt``: imagereward / hpdv2 need ``images_root``), optionally only on the prompts it held
+    out, optionally beside a ``baseline`` model on the same pairs. Inputs are checked before a model loads."""
+    from vprefer.exchange import FORMATS_IN, import_file
+
+    data = Path(data)
+    if fmt not in ("vprefer", *FORMATS_IN):
+        raise InputError(f"unknown format {fmt!r}; --format is one of: vprefer, {', '.join(FORMATS_IN)}")
+    if fmt == "vprefer":
+        from vprefer.images import require_image_files
+
+        require_image_files(as_run(data), "evaluate a reward model")
+    elif not data.is_file():
+        raise InputError(f"{data}: no such {fmt} file")
+    if fmt in ("imagereward", "hpdv2") and images_root is None:
+        raise InputError("--images-root is needed to score the images of an imagereward/hpdv2 file")
+    prompt_ids = held_out_prompts(model) if held_out else None
+    from vprefer.reward.model import VPScore  # torch: only once the inputs are known to be good
+
+    rm = VPScore.from_pretrained(model)
+    before = VPScore.from_pretrained(baseline) if baseline else None
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = data
+        if fmt != "vprefer":
+            run_dir = Path(tmp) / "run"
+            import_file(data, run_dir, fmt, images_root)
+        rep = evaluate_run(rm, run_dir, annotator=annotator, n_boot=n_boot, prompt_ids=prompt_ids)
+        if before is not None:
+            base = evaluate_run(before, run_dir, annotator=annotator, n_boot=n_boot, prompt_ids=prompt_ids)
+            rep["baseline"] = {"model": str(baseline), "aspects": base["aspects"]}
+    rep["run"], rep["held_out"] = str(data), held_out
+    return rep
