@@ -12,7 +12,7 @@ from typing import Iterator
 def judge_and_sets(sets: int) -> Iterator[tuple[object, Path, Path]]:
     """``(server, folder, manifest)``: the judge, a temporary folder, and ``sets`` sets of 4 synthetic 32-px
     images written under ``folder/syn`` (its manifest, ready for ``ingest``). Both go away on exit."""
-    from vprefer.testing.judge_server import JudgeServer
+    from vprefer.judge_server.server import JudgeServer
     from vprefer.testing.synthetic import write_dataset
 
     srv = JudgeServer().start()

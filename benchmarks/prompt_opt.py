@@ -37,7 +37,7 @@ def main() -> None:
     from vprefer.reward.train import train_reward
     from vprefer.rl.prompt_opt import PromptOptConfig, PromptOptTrainer, RewriteReward, evaluate
     from vprefer.store import Run
-    from vprefer.testing.judge_server import JudgeServer
+    from vprefer.judge_server.server import JudgeServer
     from vprefer.testing.stand_ins import ensure_backbone, ensure_causal_lm, ensure_pipeline
     from vprefer.testing.synthetic import write_dataset, write_truth_pairs
     from vprefer.testing.toy_rewards import LetterReward

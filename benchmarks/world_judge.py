@@ -2,7 +2,7 @@
 
 Image sets (``vprefer.world.judge_check.image_sets``: one plain world prompt each, every attribute right
 about half the time, artefacts and the badge varied) are scored by the stand-in judge's own function
-(``vprefer.testing.judge_scoring.judge``, what ``vprefer judge-server`` answers) at several noise levels,
+(``vprefer.judge_server.scoring.judge``, what ``vprefer judge-server`` answers) at several noise levels,
 with and without a first-position bias. For each aspect: the share of pairs the truth decides that the
 judge's 1-5 scores order the same way (a judge tie counts half), and the share it ties. ``all_right``:
 pairs where exactly one image has every named attribute right, judged on prompt following.

@@ -17,7 +17,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def judge(monkeypatch):
     """The embedded judge server on 127.0.0.1 (real HTTP), stopped after the test."""
-    from vprefer.testing.judge_server import JudgeServer
+    from vprefer.judge_server.server import JudgeServer
 
     monkeypatch.delenv("VPREFER_JUDGE_URL", raising=False)
     srv = JudgeServer().start()

@@ -13,7 +13,7 @@ from vprefer.errors import InputError
 from vprefer.llm.pool import Pool, Server, label_for
 from vprefer.store import Run
 from vprefer.testing.helpers import local_preset, server_stats
-from vprefer.testing.judge_server import JudgeServer
+from vprefer.judge_server.server import JudgeServer
 from vprefer.testing.vllm_batch import run_batch
 
 

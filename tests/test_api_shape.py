@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from vprefer import schema
 from vprefer.annotate import make_pairs
 from vprefer.cli import app
-from vprefer.cli._app import friendly
+from vprefer.cli._app import one_line_errors
 from vprefer.errors import InputError, MissingError, VpreferError
 from vprefer.exchange import FormatError, import_file
 from vprefer.info import summarize
@@ -86,19 +86,19 @@ def test_pairs_provenance_is_recorded_by_the_api(tmp_path):
 def test_only_vprefer_errors_become_one_line(capsys):
     assert issubclass(RecipeError, VpreferError) and issubclass(FormatError, ValueError)
 
-    @friendly
     def user_mistake():
         raise InputError("--overall must be 'mean'")
 
-    @friendly
     def bug():
         raise KeyError("prompt_id")
 
+    user_mistake_cmd, bug_cmd = (lambda: one_line_errors(user_mistake)), (lambda: one_line_errors(bug))
+
     with pytest.raises(typer.Exit):
-        user_mistake()
+        user_mistake_cmd()
     assert "--overall must be 'mean'" in capsys.readouterr().err
     with pytest.raises(KeyError):
-        bug()
+        bug_cmd()
 
 
 def test_error_messages_never_hold_secrets(monkeypatch):

@@ -12,20 +12,20 @@ PKG = Path(__file__).resolve().parents[1] / "vprefer"
 STAGE = {
     # shared pieces below every stage
     "errors": 0, "ids": 0, "schema": 0, "secrets": 0, "recipes": 0, "config": 0, "images": 0, "store": 0, "rankings": 0,
-    "metrics": 0, "diffusion": 0, "dist": 0, "llm": 0, "report": 0, "data": 0,
+    "metrics": 0, "diffusion": 0, "dist": 0, "llm": 0, "pages": 0, "data": 0,
     "progress": 0, "api": 0,
     # 1 data in and out, prompts; 2 image sets; 3 judging; 4 reward model; 5 generator fine-tuning; 6 audits
     "ingest": 1, "exchange": 1, "info": 1, "prompts": 1, "caption": 1,
-    "generate": 2, "generate_api": 2,
+    "generate": 2,
     "annotate": 3,
     "reward": 4,
     "rl": 5,
     "audit": 6,
     # entry points and stand-ins may use everything
-    "demo": 9, "demo_report": 9, "cli": 9, "testing": 9, "world": 9, "__main__": 9, "__init__": 9,
+    "demo": 9, "cli": 9, "testing": 9, "world": 9, "judge_server": 9, "__main__": 9, "__init__": 9,
 }
-MAY_USE_STAND_INS = {"demo", "demo_report", "cli", "testing", "world"}
-STAND_INS = ("vprefer.testing", "vprefer.world")
+MAY_USE_STAND_INS = {"demo", "cli", "testing", "world", "judge_server"}
+STAND_INS = ("vprefer.testing", "vprefer.world", "vprefer.judge_server")
 
 
 def modules():

@@ -93,7 +93,7 @@ def test_the_demo_reports_next_steps_parse_as_pasted(tmp_path):
     no unknown ones (`train-reward` lacked --data and --out)."""
     import shlex
 
-    from vprefer.demo_report import next_steps, stand_in_note
+    from vprefer.demo.page import next_steps, stand_in_note
 
     root = typer.main.get_command(app)
     steps = next_steps(tmp_path / "demo-run")

@@ -129,7 +129,7 @@ def test_key_only_from_the_environment(judge, api_recipe, prompt_run, monkeypatc
 
 
 def test_bad_answer_is_an_error_not_an_image(judge, api_recipe, prompt_run, monkeypatch):
-    import vprefer.testing.judge_server as js
+    import vprefer.judge_server.server as js
 
     monkeypatch.setattr(js, "generations", lambda body: {"created": 0, "data": [{"b64_json": "bm90IGFuIGltYWdl"}],
                                                           "usage": {"input_tokens": 1, "output_tokens": 1}})

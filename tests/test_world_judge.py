@@ -5,8 +5,8 @@ import base64
 import io
 import random
 
-from vprefer.testing.judge_scoring import judge
-from vprefer.testing.judge_server import Faults, JudgeState, completion
+from vprefer.judge_server.scoring import judge
+from vprefer.judge_server.server import Faults, JudgeState, completion
 from vprefer.testing.synthetic import SHAPES as OLD_SHAPES
 from vprefer.testing.synthetic import draw as old_draw
 from vprefer.testing.synthetic import image_set as old_image_set
@@ -101,7 +101,7 @@ def test_end_to_end_pairs_from_the_served_judge_follow_the_truth(tmp_path):
     from vprefer.ingest import ingest
     from vprefer.store import Run
     from vprefer.testing.helpers import local_preset
-    from vprefer.testing.judge_server import JudgeServer
+    from vprefer.judge_server.server import JudgeServer
     from vprefer.world import truth
 
     sets = image_sets(10, 4, seed=5)

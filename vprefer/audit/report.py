@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from vprefer import report as rp  # noqa: E402
+from vprefer import pages as rp  # noqa: E402
 from vprefer.annotate.pairs import judge_scores, position_bias  # noqa: E402
 from vprefer.audit.human import rebuild  # noqa: E402
 from vprefer.audit.labelstudio import _state_path, load_state  # noqa: E402

@@ -10,20 +10,24 @@ from vprefer.errors import VpreferError
 from vprefer.secrets import redact
 
 
+def one_line_errors(call):
+    """Run ``call()``: a :class:`VpreferError` (a mistake the user can fix) prints one redacted line and exits 1;
+    Ctrl-C says what is kept and exits 130; anything else is a bug and keeps its traceback, so it is never
+    hidden behind a tidy message."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: everything answered so far is saved; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    except VpreferError as e:
+        fail(str(e))
+
+
 class _OneLineErrors(typer.core.TyperGroup):
-    """The one handler of every command (sub-commands' errors travel up through the root group): a
-    :class:`VpreferError` (a mistake the user can fix) prints one redacted line and exits 1; Ctrl-C says
-    what is kept and exits 130; anything else is a bug and keeps its traceback, so it is never hidden
-    behind a tidy message."""
+    """The one handler of every command: sub-commands' errors travel up through the root group."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: everything answered so far is saved; rerun the same command to resume")
-            raise typer.Exit(130) from None
-        except VpreferError as e:
-            fail(str(e))
+        return one_line_errors(lambda: super(_OneLineErrors, self).invoke(ctx))
 
 
 app = typer.Typer(

@@ -149,8 +149,8 @@ def judge_server(
                                 "tests that read or set state use 1."),
 ) -> None:
     """Start the embedded stand-in judge: an OpenAI-compatible server scoring by pixel statistics (offline demos/tests)."""
-    from vprefer.testing.judge_serve import serve
-    from vprefer.testing.judge_server import Faults
+    from vprefer.judge_server.serve import serve
+    from vprefer.judge_server.server import Faults
 
     faults = Faults(latency_s=latency, rate_429=rate_429, rate_500=rate_500, malformed_rate=malformed,
                     stall_rate=stall, stall_s=stall_s, position_bias=position_bias, judge_noise=judge_noise,

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from vprefer.images import BadImage
-from vprefer.testing.judge_server import Faults, JudgeState, completion
+from vprefer.judge_server.server import Faults, JudgeState, completion
 
 
 def run_batch(in_path: Path, out_path: Path, *, fail_rate: float = 0.0, drop_rate: float = 0.0, seed: int = 0,

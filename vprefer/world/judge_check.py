@@ -79,7 +79,7 @@ def agreement(judge: Callable[[str, list[Image.Image]], dict[str, list[float]]],
 
 def stand_in_judge(noise: float = 0.0, position_bias: float = 0.0, seed: int = 0, lo: int = 1, hi: int = 5):
     """The embedded stand-in judge's scoring (what its server answers), as a ``judge`` for :func:`agreement`."""
-    from vprefer.testing.judge_scoring import judge
+    from vprefer.judge_server.scoring import judge
 
     def run(prompt: str, images: list[Image.Image]) -> dict[str, list[float]]:
         ans = judge(prompt, images, list(ASPECTS), lo, hi, position_bias, False, noise=noise, seed=seed)

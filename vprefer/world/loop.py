@@ -147,7 +147,7 @@ def judge(s: Stages, c: LoopConfig):
     from vprefer.annotate import AnnotatorPreset, annotate
     from vprefer.annotate.pairs import build_pairs, save_pairs
     from vprefer.store import Run
-    from vprefer.testing.judge_server import Faults, JudgeServer
+    from vprefer.judge_server.server import Faults, JudgeServer
 
     srv = JudgeServer(faults=Faults(judge_noise=c.judge_noise, position_bias=c.position_bias, seed=c.seed)).start()
     try:

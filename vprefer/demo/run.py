@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 from rich.console import Console
 
-from vprefer import report as rp
+from vprefer import pages as rp
 from vprefer.annotate import (
     AnnotatorPreset,
     annotate,
@@ -37,7 +37,7 @@ from vprefer.annotate import (
 )
 from vprefer.annotate.pairs import judge_scores
 from vprefer.caption import caption
-from vprefer.demo_report import (
+from vprefer.demo.page import (
     HELDOUT,
     DemoNumbers,
     caption_rows,
@@ -46,12 +46,12 @@ from vprefer.demo_report import (
     last_value,
     summary,
 )
-from vprefer.demo_report import write as write_report
+from vprefer.demo.page import write as write_report
 from vprefer.metrics import kendall_per_prompt, pair_metrics
 from vprefer.reward import VPScore
 from vprefer.reward.evaluate import evaluate_run
 from vprefer.store import Run
-from vprefer.testing.judge_server import Faults, JudgeServer
+from vprefer.judge_server.server import Faults, JudgeServer
 from vprefer.world import loop as wl
 from vprefer.world import truth_eval, world_prompts
 from vprefer.world.prompts import HELD_OUT_COMBOS

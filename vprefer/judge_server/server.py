@@ -4,16 +4,16 @@ It speaks the parts of the protocol vprefer uses — ``POST /v1/chat/completions
 (image inputs, ``response_format``, ``store``/``metadata``), ``GET
 /v1/chat/completions?metadata[k]=v`` (stored completions), ``/v1/files``,
 ``/v1/batches`` and ``POST /v1/images/generations`` — and scores images by the
-pixel statistics documented in :mod:`vprefer.testing.judge_scoring`. It says so
+pixel statistics documented in :mod:`vprefer.judge_server.scoring`. It says so
 in every rationale. Caption requests (images, no rubric) get captions and image
-generations get deterministic drawings (:mod:`vprefer.testing.judge_media`).
+generations get deterministic drawings (:mod:`vprefer.judge_server.media`).
 
 Fault injection (all seeded, all switchable at runtime through ``POST /_config``):
 latency, 429 with ``Retry-After``, 500, malformed answers, stalls longer than the
 client's timeout, position bias, judge noise, and failed lines in batch error files.
 ``GET /_stats`` reports how many times each request id was answered, which is
 how tests prove that nothing is paid twice, and what the server billed (tokens,
-images), which is how client-side cost accounting is checked. :func:`vprefer.testing.judge_serve.serve`
+images), which is how client-side cost accounting is checked. :func:`vprefer.judge_server.serve.serve`
 runs it in several processes on one port, for throughput benchmarks.
 """
 
@@ -35,8 +35,8 @@ from urllib.parse import parse_qs, urlparse
 
 from vprefer.images import BadImage, decode_data_url
 from vprefer.schema import ASPECTS
-from vprefer.testing.judge_media import caption_text, generations, is_caption_request
-from vprefer.testing.judge_scoring import judge
+from vprefer.judge_server.media import caption_text, generations, is_caption_request
+from vprefer.judge_server.scoring import judge
 
 
 @dataclass

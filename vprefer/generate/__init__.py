@@ -1,6 +1,6 @@
 """Image sets from several generators: diffusers pipelines (VisionPrefer used SD1.5, SD2.1, Dreamlike Photoreal
 2.0, SDXL) and OpenAI-protocol image endpoints (``kind: openai-images``: DALL-E 3, gpt-image-1; see
-:mod:`vprefer.generate_api`), so one image set may mix open and proprietary generators.
+:mod:`vprefer.generate.api`), so one image set may mix open and proprietary generators.
 
 For every prompt of the run, ``images_per_prompt`` images from each generator,
 with seeds ``seed, seed + 1, ...``. Resumable: an image whose (prompt,
@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vprefer import schema
-from vprefer.generate_api import Endpoint, ImageAPISpec, generate_api, spent
+from vprefer.generate.api import Endpoint, ImageAPISpec, generate_api, spent
 from vprefer.images import check_bytes
 from vprefer.ingest import store_image
 from vprefer.recipes import Recipe, RecipeError, find_asset

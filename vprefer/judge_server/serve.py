@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from vprefer.errors import InputError, ServiceError
-from vprefer.testing.judge_server import Faults, JudgeServer
+from vprefer.judge_server.server import Faults, JudgeServer
 
 
 def serve(port: int, faults: Faults, *, workers: int = 1, host: str = "127.0.0.1",
@@ -68,7 +68,7 @@ def serve(port: int, faults: Faults, *, workers: int = 1, host: str = "127.0.0.1
 
 
 def _start_worker(host: str, port: int, faults: Faults) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "vprefer.testing.judge_serve", host, str(port), str(os.getpid())],
+    p = subprocess.Popen([sys.executable, "-m", "vprefer.judge_server.serve", host, str(port), str(os.getpid())],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # its errors go to our stderr
     p.stdin.write(json.dumps(asdict(faults)).encode() + b"\n")
     p.stdin.close()

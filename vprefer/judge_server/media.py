@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vprefer.testing.colours import PALETTE
-from vprefer.testing.judge_scoring import stats
+from vprefer.judge_server.scoring import stats
 from vprefer.testing.synthetic import COLOURS, SHAPES, Spec, draw
 
 _NAMES = list(PALETTE)

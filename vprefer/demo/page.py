@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vprefer import report as rp
+from vprefer import pages as rp
 
 HELDOUT = "heldout"  # the demo's held-out run: prompts of combinations never trained on, with their truth
 
