@@ -2,13 +2,16 @@
 
 A single type so that progress displays, manifests and CLI tables read the
 same fields whichever way the requests went out; fields a mode does not use
-stay at zero.
+stay at zero. Like every result the API returns, it is a :class:`vprefer.store.Result`
+(attributes, ``report["ok"]``, ``to_dict()``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from vprefer.store import Result
 
 
 @dataclass
@@ -23,7 +26,7 @@ class Outcome:
 
 
 @dataclass
-class Report:
+class Report(Result):
     # planning (filled by the job before anything is sent)
     planned: int = 0
     already_done: int = 0
