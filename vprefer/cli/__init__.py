@@ -11,6 +11,7 @@ from vprefer.cli import caption as _caption  # noqa: F401
 from vprefer.cli import audit as _audit  # noqa: F401
 from vprefer.cli import world as _world  # noqa: F401
 from vprefer.cli import recipes as _recipes  # noqa: F401
+from vprefer.cli import serve_reward as _serve_reward  # noqa: F401
 
 
 def main() -> None:
