@@ -26,7 +26,8 @@ def sample(pipe, prompts: Sequence[str], seed: int, *, steps: int = 20, guidance
     """PIL images, one per prompt, the i-th from seed ``seed + i`` (so a batch size never changes a sample)."""
     from diffusers import DDIMScheduler
 
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if "FlowMatch" not in type(pipe.scheduler).__name__:  # a flow-matching generator keeps its Euler sampler
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     images = []
     for i in range(0, len(prompts), batch):
         chunk = list(prompts[i:i + batch])
