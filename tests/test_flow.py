@@ -273,3 +273,15 @@ def test_cli_generate_with_flow_generators_beside_sd(tmp_path, monkeypatch):
     got = as_run(tmp_path / "run").read("images")
     assert sorted(got["generator"].unique().to_list()) == ["tiny-flux", "tiny-sd", "tiny-sd3"]
     assert got.height == 6 and set(got["width"].to_list()) == {32}
+
+
+@pytest.mark.parametrize("name,cls", [("dpo-sd35m", DiffusionDPOConfig), ("refl-sd35m", ReFLConfig),
+                                      ("dpo-flux-dev", DiffusionDPOConfig), ("refl-flux-dev", ReFLConfig),
+                                      ("dpo-sd3-tiny", DiffusionDPOConfig), ("refl-flux-tiny", ReFLConfig)])
+def test_flow_recipes_load(name, cls, tmp_path):
+    from vprefer.rl.common import config_from_yaml
+
+    c = config_from_yaml(cls, name, output_dir=str(tmp_path), bf16=False)
+    assert c.timestep_density == "logit_normal" and c.timestep_shift is None and "add_q_proj" in c.lora_targets
+    if "flux" in name and cls is ReFLConfig:
+        assert c.train_guidance_scale == 1.0 and c.embedded_guidance == 3.5
