@@ -1,5 +1,6 @@
 """Image sets from several generators: diffusers pipelines (VisionPrefer used SD1.5, SD2.1, Dreamlike Photoreal
-2.0, SDXL) and OpenAI-protocol image endpoints (``kind: openai-images``: DALL-E 3, gpt-image-1; see
+2.0, SDXL; SD 3.5 and FLUX.1 run through the same pipeline call, FLUX's ``guidance`` being its embedded
+guidance) and OpenAI-protocol image endpoints (``kind: openai-images``: DALL-E 3, gpt-image-1; see
 :mod:`vprefer.generate.api`), so one image set may mix open and proprietary generators.
 
 For every prompt of the run, ``images_per_prompt`` images from each generator,
@@ -40,6 +41,9 @@ class GeneratorSpec(BaseModel):
     resolution: int = Field(512, ge=8)
     images_per_prompt: int = Field(1, ge=1)
     seed: int = 0
+    dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="weights on a GPU (CPU: float32); bfloat16 for SD 3.5 and FLUX, whose activations "
+                               "overflow float16")
     create_tiny_if_missing: bool = False
 
     @model_validator(mode="after")
@@ -69,7 +73,7 @@ def load_generator(spec: GeneratorSpec, device: str):
     from vprefer.diffusion import load_pipeline, stand_in_must_exist
 
     stand_in_must_exist(spec.pretrained, spec.create_tiny_if_missing)
-    dtype = torch.float16 if device == "cuda" else None
+    dtype = getattr(torch, spec.dtype) if device == "cuda" else None
     pipe = load_pipeline(spec.pretrained, dtype=dtype, device=device)
     if spec.scheduler:
         import diffusers

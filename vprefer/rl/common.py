@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainingArguments, get_scheduler
 
 from vprefer.recipes import RecipeError, load_config
-from vprefer.diffusion import add_lora, grid, load_pipeline, save_lora, save_unet, stand_in_must_exist
+from vprefer.diffusion import add_lora, for_pipeline, grid, load_pipeline, save_lora, save_unet, stand_in_must_exist
+from vprefer.diffusion.flow import DENSITIES
 from vprefer.dist import params_in_sync
 from vprefer.rl.ranks import RankStreams, mean_over_processes
 
@@ -60,6 +61,17 @@ class DiffusionTrainingConfig(TrainingArguments):
                                                                           "random stand-in the CLI builds if absent"})
     pretrained_vae: str | None = field(default=None, metadata={"help": "a VAE to use instead of the pipeline's, e.g. "
                                                                        "madebyollin/sdxl-fp16-fix for SDXL in fp16"})
+    # rectified flow (SD 3.x, FLUX) only; the DDPM family draws t uniformly from its own schedule
+    timestep_density: str = field(default="logit_normal", metadata={"help": "flow matching: density of the training "
+                                                                            "sigma (logit_normal, uniform, mode)"})
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    timestep_shift: float | None = field(default=None, metadata={"help": "flow matching: shift of the training sigma; "
+                                                                         "null = the checkpoint's (SD3.5: 3, FLUX: "
+                                                                         "its resolution-dependent exp(mu)); 1 = none"})
+    embedded_guidance: float = field(default=3.5, metadata={"help": "FLUX.1-dev's guidance embedding in training "
+                                                                    "forwards and rollouts (no CFG there)"})
 
     def __post_init__(self):
         # what a user can get wrong, checked before any pipeline or reward loads (one line naming the key)
@@ -69,6 +81,10 @@ class DiffusionTrainingConfig(TrainingArguments):
                  (self.guidance_scale >= 0, "guidance_scale must be >= 0 (1 = no classifier-free guidance)"),
                  (self.eval_every >= 0, "eval_every must be >= 0 (0 = only before and after)"),
                  (self.eval_steps_sampling >= 1, "eval_steps_sampling must be >= 1"),
+                 (self.timestep_density in DENSITIES, f"timestep_density must be one of {', '.join(DENSITIES)}"),
+                 (self.logit_std > 0, "logit_std must be > 0"),
+                 (self.timestep_shift is None or self.timestep_shift > 0, "timestep_shift must be > 0 or null"),
+                 (self.embedded_guidance >= 0, "embedded_guidance must be >= 0"),
                  (bool(self.reward_aspects) and all(isinstance(w, (int, float)) for w in self.reward_aspects.values()),
                   "reward_aspects must map aspect names to numeric weights, e.g. {overall: 1.0}")]
         for ok, why in check:
@@ -77,6 +93,12 @@ class DiffusionTrainingConfig(TrainingArguments):
         if not torch.cuda.is_available():  # several CPU processes are one gloo job only when CPU is asked for
             self.use_cpu = True
         super().__post_init__()
+
+
+def flow_knobs(config: DiffusionTrainingConfig) -> dict:
+    """The recipe's forward-process settings, as the families' ``training_scheduler`` takes them."""
+    return {k: getattr(config, k) for k in ("resolution", "timestep_density", "timestep_shift", "logit_mean",
+                                            "logit_std", "mode_scale")}
 
 
 def config_from_yaml(cls, path: str | Path, **overrides):
@@ -136,10 +158,15 @@ class DiffusionTrainerBase:
                                                                 frozen_dtype(config, torch.cuda.is_available()),
                                                                 vae=config.pretrained_vae)
         self.pipe.to(self.acc.device)
-        for m in ("vae", "text_encoder", "text_encoder_2"):
+        for m in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             if getattr(self.pipe, m, None) is not None:
                 getattr(self.pipe, m).requires_grad_(False)
-        unet = self.pipe.unet
+        # the family (SD/SDXL, SD3, FLUX) answers every model-specific question; ``self.unet`` is its denoiser
+        # (a UNet or a transformer), the name kept from the SD-only days
+        self.fam = for_pipeline(self.pipe)
+        self.fam.embedded_guidance = config.embedded_guidance
+        self.fam.check_resolution(config.resolution)
+        unet = self.fam.denoiser
         if config.use_lora:
             add_lora(unet, config.lora_rank, config.lora_alpha, config.lora_targets)
         else:
@@ -292,7 +319,7 @@ class DiffusionTrainerBase:
     def save(self) -> Path:
         """The result, written once (by the main process) after every process has finished its last update."""
         self.acc.wait_for_everyone()
-        out = self.out / ("unet" if not self.config.use_lora else "")
+        out = self.out / (self.fam.denoiser_name if not self.config.use_lora else "")
         self._swap_ema()
         try:
             # a collective: under FSDP every rank holds a shard and all of them take part in gathering the full
@@ -302,11 +329,11 @@ class DiffusionTrainerBase:
                 return out
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "vprefer_rl.json").write_text(json.dumps(
-                {"loop": type(self).__name__, "pretrained": self.config.pretrained, "resolution": self.config.resolution,
+                {"loop": type(self).__name__, "family": self.fam.name, "pretrained": self.config.pretrained, "resolution": self.config.resolution,
                  "use_lora": self.config.use_lora, "steps": self.step_no, **self.provenance()}, indent=2))
             if self.config.use_lora:
                 return save_lora(self.pipe, self.out, state)
-            return save_unet(self.acc.unwrap_model(self.unet), state, self.out / "unet")
+            return save_unet(self.acc.unwrap_model(self.unet), state, out)
         finally:
             self._swap_ema()
 

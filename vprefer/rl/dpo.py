@@ -19,7 +19,7 @@ from typing import Sequence
 import polars as pl
 import torch
 
-from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig
+from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, flow_knobs
 from vprefer.rl.losses import diffusion_dpo_loss, noise_mse
 from vprefer.rl.noising import noise_target, sample_timesteps, training_scheduler
 from vprefer.diffusion import encode, encode_images, load_pixels
@@ -78,7 +78,8 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
         if not 0.0 <= config.proportion_empty_prompts <= 1.0:
             raise InputError(f"proportion_empty_prompts must be in [0, 1], got {config.proportion_empty_prompts}")
         self.pairs = list(pairs)
-        self.sched = training_scheduler(self.pipe)  # its own forward process, never the pipeline's sampler
+        # its own forward process, never the pipeline's sampler: DDPM for SD, rectified flow for SD3/FLUX
+        self.sched = training_scheduler(self.pipe, **flow_knobs(config))
 
     def before_prepare(self, unet) -> None:
         # full fine-tuning: the frozen reference is copied from the plain UNet, before FSDP could shard it
@@ -103,7 +104,8 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
 
     def pair_mses(self, batch: Sequence[dict], prompts: Sequence[str], *, generator: torch.Generator | None = None,
                   sample_latents: bool | None = None):
-        """Policy and reference noise-prediction MSE on [winners..., losers...] (shared t and noise per pair)."""
+        """Policy and reference MSE on [winners..., losers...] (shared t and noise per pair) against the family's
+        target: epsilon/v for SD, the velocity ``noise - x0`` for rectified flow (the flow-matching DPO loss)."""
         c, bs, dev = self.config, len(batch), self.acc.device
         generator = self.gen if generator is None else generator  # this rank's stream unless told otherwise
         px = torch.stack([load_pixels(x[k], c.resolution) for k in ("win", "lose") for x in batch]).to(dev)
@@ -114,9 +116,9 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
         noisy = self.sched.add_noise(lat, noise, t)
         cond = encode(self.pipe, list(prompts) * 2, cfg=False, size=c.resolution)
         target = noise_target(self.sched, lat, noise, t)
-        mse = noise_mse(self.unet(noisy, t, **cond.kwargs()).sample, target)
+        mse = noise_mse(self.fam.predict(self.unet, noisy, t, cond, 1.0), target)
         with torch.no_grad(), self.reference() as ref:
-            ref_mse = noise_mse(ref(noisy, t, **cond.kwargs()).sample, target)
+            ref_mse = noise_mse(self.fam.predict(ref, noisy, t, cond, 1.0), target)
         self.last_draw = {"draw/t": t[:bs].float().mean().item(), "draw/noise": noise[0].flatten()[0].item()}
         return mse, ref_mse
 

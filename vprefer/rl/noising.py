@@ -1,59 +1,38 @@
-"""The two schedulers a fine-tuning loop needs, built apart from the pipeline's sampler.
+"""The two schedulers a fine-tuning loop needs, built apart from the pipeline's sampler by the pipeline's
+family (``vprefer.diffusion``): why the loops never noise with ``pipe.scheduler`` is told in
+``vprefer/diffusion/sd.py`` (DDPM/UNet) and ``vprefer/diffusion/flow.py`` (rectified flow).
 
-Why not ``pipe.scheduler``: it is the *sampler* a user picked, and samplers are
-stateful and parameterised differently. SDXL ships ``EulerDiscreteScheduler``,
-whose ``add_noise`` returns ``x + sigma * eps`` (no variance-preserving scaling:
-input std ~14.6 at t=999) and, after any sampling call, reuses the last step's
-sigma = 0, so "noisy" equals clean. Training losses therefore noise with their
-own ``DDPMScheduler`` built from the pipeline's scheduler config (the official
-Diffusion-DPO and diffusers training scripts do the same), and the target
-follows the config's ``prediction_type`` (epsilon; v-prediction for SD 2.x).
-
-ReFL's rollout is a deterministic DDIM chain. ``DDIMScheduler.from_config`` fills
-keys missing from a foreign config with DDIM defaults (``clip_sample=True``,
-``set_alpha_to_one=True``), which clamps x0 in latent space and zeroes gradients
-where it clips, so those are set explicitly here.
+A training process has ``add_noise(x0, noise, t)``, ``target(x0, noise, t)``, ``sample_timesteps(n,
+generator)`` and ``config.prediction_type`` (epsilon, v_prediction, or flow: ``noise - x0``); a rollout
+scheduler has ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``scale_model_input`` and a ``step``
+returning ``prev_sample`` and ``pred_original_sample``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vprefer.errors import InputError
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def training_scheduler(pipe):
-    """A fresh variance-preserving forward process with the checkpoint's betas and prediction type."""
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)
-    if sched.config.prediction_type not in PREDICTION_TYPES:
-        raise InputError(f"prediction_type {sched.config.prediction_type!r} is not supported for training "
-                         f"(supported: {', '.join(PREDICTION_TYPES)})")
-    return sched
+from vprefer.diffusion import for_pipeline
+from vprefer.diffusion.sd import PREDICTION_TYPES  # noqa: F401  (re-exported)
 
 
-def rollout_scheduler(pipe):
-    """DDIM for ReFL's rollout: no clipping or thresholding of x0, the checkpoint's final-alpha convention."""
-    from diffusers import DDIMScheduler
+def training_scheduler(pipe, **knobs):
+    """A fresh forward process with the checkpoint's schedule and target; ``knobs`` are the recipe's
+    flow-matching settings (resolution, timestep_density, timestep_shift, logit_mean, logit_std, mode_scale),
+    which the DDPM family does not use."""
+    return for_pipeline(pipe).training_scheduler(**knobs)
 
-    return DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False,
-                                     set_alpha_to_one=False)
+
+def rollout_scheduler(pipe, resolution: int = 512):
+    """The deterministic sampler of ReFL's rollout (DDIM for SD, the checkpoint's flow Euler for SD3/FLUX)."""
+    return for_pipeline(pipe).rollout_scheduler(resolution)
 
 
 def noise_target(sched, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict at (latents, noise, t) under the scheduler's prediction type."""
-    kind = sched.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return sched.get_velocity(latents, noise, t)
-    raise InputError(f"prediction_type {kind!r} is not supported for training")
+    """What the denoiser is trained to predict at (latents, noise, t) under the process's prediction type."""
+    return sched.target(latents, noise, t)
 
 
 def sample_timesteps(sched, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform training timesteps in [0, num_train_timesteps)."""
-    t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=generator)
-    return t.to(device)
+    """Training timesteps from the process's density (uniform in [0, num_train_timesteps) for DDPM)."""
+    return sched.sample_timesteps(n, generator).to(device)

@@ -1,7 +1,8 @@
 """ReFL (ImageReward): reward feedback learning through one late denoising step.
 
 Per step: run T scheduler steps without gradient down to a random step in
-[t_lo, t_hi], make one UNet call with gradient there, predict x0, decode with
+[t_lo, t_hi], make one denoiser call with gradient there, predict x0 (DDIM's x0 from
+epsilon; for rectified flow ``x0 = x_t - sigma * v``), decode with
 the VAE, score with the differentiable reward (``VPScore.score_pixels``), and
 minimise ``relu(lambda - reward) * scale``. The pre-training regulariser (noise
 MSE on real prompt/image pairs), which ImageReward's paper uses but its released
@@ -15,10 +16,10 @@ from typing import Sequence
 
 import torch
 
-from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, weighted_reward
+from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, flow_knobs, weighted_reward
 from vprefer.rl.losses import noise_mse, refl_loss
 from vprefer.rl.noising import noise_target, rollout_scheduler, sample_timesteps, training_scheduler
-from vprefer.diffusion import decode, encode, encode_images, load_pixels, predict_noise
+from vprefer.diffusion import decode, encode, encode_images, load_pixels
 from vprefer.errors import InputError
 from vprefer.recipes import RecipeError
 
@@ -53,12 +54,16 @@ class ReFLTrainer(DiffusionTrainerBase):
         if self.reward is None:
             raise InputError("ReFL needs a differentiable reward (a VP-Score folder or an object with score_pixels)")
         self.prompts, self.pretrain = list(prompts), list(pretrain_data)
-        self.sched = rollout_scheduler(self.pipe)  # deterministic DDIM chain, x0 never clipped
-        self.train_sched = training_scheduler(self.pipe)  # the regulariser's forward process (not the sampler)
+        if config.train_guidance_scale > 1 and not self.fam.supports_cfg:
+            raise RecipeError(f"{config.pretrained}: this {self.fam.name} pipeline has no classifier-free guidance "
+                              f"in training; set train_guidance_scale: 1 (and embedded_guidance for FLUX.1-dev)")
+        # deterministic chain, x0 never clipped: DDIM for SD, the checkpoint's flow Euler sampler for SD3/FLUX
+        self.sched = rollout_scheduler(self.pipe, config.resolution)
+        # the regulariser's forward process (not the sampler)
+        self.train_sched = training_scheduler(self.pipe, **flow_knobs(config))
 
     def _latent_shape(self, n: int) -> tuple[int, ...]:
-        s = self.config.resolution // self.pipe.vae_scale_factor
-        return (n, self.pipe.unet.config.in_channels, s, s)
+        return self.fam.latent_shape(n, self.config.resolution)
 
     def compute_loss(self) -> tuple[torch.Tensor, dict]:
         """Rollout without grad to ts[mid], one UNet call with grad at ts[mid], x0 -> pixels -> reward."""
@@ -73,10 +78,10 @@ class ReFLTrainer(DiffusionTrainerBase):
         mid = self.rng.randint(c.t_lo, c.t_hi)
         with torch.no_grad():
             for t in ts[:mid]:
-                eps = predict_noise(self.unet, self.sched.scale_model_input(latents, t), t, cond, g)
+                eps = self.fam.predict(self.unet, self.sched.scale_model_input(latents, t), t, cond, g)
                 latents = self.sched.step(eps, t, latents).prev_sample
         t = ts[mid]
-        eps = predict_noise(self.unet, self.sched.scale_model_input(latents, t), t, cond, g)
+        eps = self.fam.predict(self.unet, self.sched.scale_model_input(latents, t), t, cond, g)
         x0 = self.sched.step(eps, t, latents).pred_original_sample
         pixels = decode(self.pipe, x0)
         r = weighted_reward(self.reward, prompts, pixels, c.reward_aspects)
@@ -100,7 +105,7 @@ class ReFLTrainer(DiffusionTrainerBase):
         t = sample_timesteps(self.train_sched, bs, lat.device, self.gen)
         noisy = self.train_sched.add_noise(lat, noise, t)
         cond = encode(self.pipe, [p for p, _ in items], cfg=False, size=c.resolution)
-        pred = self.unet(noisy, t, **cond.kwargs()).sample
+        pred = self.fam.predict(self.unet, noisy, t, cond, 1.0)
         return noise_mse(pred, noise_target(self.train_sched, lat, noise, t)).mean()
 
 

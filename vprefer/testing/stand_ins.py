@@ -25,11 +25,15 @@ def _world_copy(path: str) -> bool:
 
 
 def ensure_pipeline(path: str, is_stand_in: bool) -> None:
-    """A tiny random SD-architecture pipeline, or the world's pretrained one (a folder named ``world-sd``)."""
+    """A tiny random pipeline, or the world's pretrained one (a folder named ``world-sd``). The folder's name
+    says the architecture: ``tiny-sd3*`` SD3, ``tiny-flux*`` FLUX, ``tiny-sdxl*`` SDXL, anything else SD 1.5."""
     if is_stand_in and not Path(path).exists() and not _world_copy(path):
-        from vprefer.testing.tiny_pipelines import make_tiny_sd
+        from vprefer.testing import tiny_pipelines as tp
 
-        make_tiny_sd(path)
+        name = Path(path).name
+        make = next((f for prefix, f in (("tiny-sd3", tp.make_tiny_sd3), ("tiny-flux", tp.make_tiny_flux),
+                                         ("tiny-sdxl", tp.make_tiny_sdxl)) if name.startswith(prefix)), tp.make_tiny_sd)
+        make(path)
 
 
 def ensure_backbone(recipe) -> None:

@@ -1,15 +1,9 @@
-"""diffusers plumbing shared by generation, ReFL and Diffusion-DPO: load, condition, predict noise,
-encode/decode, pixels from files, grids, LoRA I/O. It sits below the stages that use it (generate, rl).
-
-SD 1.5 (``StableDiffusionPipeline``) and SDXL (``StableDiffusionXLPipeline``) are
-both handled through the pipeline's own ``encode_prompt``; SDXL's extra
-conditioning (pooled text embeddings and size/crop ids) is added here.
-"""
+"""diffusers plumbing every family shares: load a pipeline, LoRA on its denoiser, save a fully fine-tuned
+denoiser, pixels from files, grids. What differs between families lives in ``sd.py`` and ``flow.py``."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,23 +20,31 @@ def stand_in_must_exist(path: str, is_stand_in: bool) -> None:
         from vprefer.recipes import RecipeError
 
         raise RecipeError(f"{path} is a tiny stand-in pipeline that does not exist yet: build it with "
-                          f"vprefer.testing.tiny_pipelines.make_tiny_sd({path!r}) (the CLI does this for you)")
+                          f"vprefer.testing.stand_ins.ensure_pipeline({path!r}, True) (the CLI does this for you)")
 
 
 def load_pipeline(name_or_path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", *,
                   vae: str | None = None):
     """A diffusers pipeline from a hub id or folder, safety checker off, progress bars off; ``vae`` names a VAE
-    to use instead of the pipeline's own (e.g. an fp16-safe SDXL VAE)."""
+    to use instead of the pipeline's own (e.g. an fp16-safe SDXL VAE). A component a local pipeline saved as
+    absent (``[null, null]`` in ``model_index.json``, e.g. SD 3's T5 left out to save memory) is passed as
+    None, as a user does by hand (``text_encoder_3=None``); diffusers would otherwise refuse to load it."""
+    import json
+    from pathlib import Path
+
     from diffusers import AutoencoderKL, DiffusionPipeline
 
     kw = {"use_safetensors": True}
+    index = Path(name_or_path) / "model_index.json"
+    absent = {k: None for k, v in json.loads(index.read_text()).items()
+              if isinstance(v, list) and v[:2] == [None, None]} if index.is_file() else {}
     if dtype is not None:
         kw["torch_dtype"] = dtype
     for what, name, cls in (("VAE", vae, AutoencoderKL), ("pipeline", name_or_path, DiffusionPipeline)):
         if name is None:
             continue
         try:
-            loaded = cls.from_pretrained(name, **kw)
+            loaded = cls.from_pretrained(name, **kw, **(absent if cls is DiffusionPipeline else {}))
         except OSError as e:
             raise InputError(f"cannot load diffusers {what} {name!r}: {str(e).splitlines()[0]}") from None
         if cls is AutoencoderKL:
@@ -65,88 +67,15 @@ def upcast_vae(pipe) -> None:
         vae.to(torch.float32)
 
 
-def is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
-
-
-@dataclass
-class Cond:
-    """Text conditioning for a batch (classifier-free guidance doubles it: [uncond, cond])."""
-
-    embeds: torch.Tensor
-    pooled: torch.Tensor | None = None
-    time_ids: torch.Tensor | None = None
-
-    def kwargs(self) -> dict:
-        kw: dict = {"encoder_hidden_states": self.embeds}
-        if self.pooled is not None:
-            kw["added_cond_kwargs"] = {"text_embeds": self.pooled, "time_ids": self.time_ids}
-        return kw
-
-
-def encode(pipe, prompts: Sequence[str], *, cfg: bool, size: int) -> Cond:
-    device = pipe.unet.device
-    with torch.no_grad():
-        if is_sdxl(pipe):
-            pe, ne, pp, npool = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1,
-                                                   do_classifier_free_guidance=cfg)
-            ids = torch.tensor([[size, size, 0, 0, size, size]], device=device, dtype=pe.dtype).repeat(len(prompts), 1)
-            if cfg:
-                return Cond(torch.cat([ne, pe]), torch.cat([npool, pp]), torch.cat([ids, ids]))
-            return Cond(pe, pp, ids)
-        pe, ne = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1,
-                                    do_classifier_free_guidance=cfg)
-        return Cond(torch.cat([ne, pe]) if cfg else pe)
-
-
-def predict_noise(unet, latents: torch.Tensor, t, cond: Cond, guidance: float) -> torch.Tensor:
-    cfg = guidance > 1.0
-    x = torch.cat([latents, latents]) if cfg else latents
-    eps = unet(x, t, **cond.kwargs()).sample
-    if cfg:
-        u, c = eps.chunk(2)
-        eps = u + guidance * (c - u)
-    return eps
-
-
-def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> pixels in [0, 1], differentiable."""
-    vae = pipe.vae  # often bf16/fp16 while the latents are fp32 (a frozen VAE in the weight dtype)
-    x = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-    return (x / 2 + 0.5).clamp(0, 1)
-
-
-def encode_images(pipe, pixels: torch.Tensor, *, sample: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pixels in [0, 1] -> scaled latents: a sample of the VAE posterior (what the reference training
-    scripts use) or its mean (deterministic)."""
-    with torch.no_grad():
-        dist = pipe.vae.encode((pixels * 2 - 1).to(pipe.vae.dtype)).latent_dist
-        if sample:
-            lat = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
-        else:
-            lat = dist.mean
-        return lat.float() * pipe.vae.config.scaling_factor
-
-
 def add_lora(unet, r: int, alpha: int, targets: Sequence[str], dropout: float = 0.0) -> None:
+    """LoRA on the denoiser (a UNet or a transformer): ``targets`` name its linear layers, e.g. the attention
+    projections ``to_q, to_k, to_v, to_out.0`` (+ ``add_q_proj, add_k_proj, add_v_proj, to_add_out`` for the
+    text stream of SD3/FLUX's joint attention)."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
                                 target_modules=list(targets)))
-
-
-def save_lora(pipe, out: Path, state_dict: dict | None = None) -> Path:
-    """Write the UNet's LoRA in diffusers format: ``pipe.load_lora_weights(out)`` reads it back. ``state_dict``
-    is the UNet's full state when the module itself holds shards (FSDP: ``accelerator.get_state_dict``)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    out.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, state_dict=state_dict))
-    type(pipe).save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
-    return out
 
 
 def save_unet(unet, state_dict: dict, out: Path) -> Path:
