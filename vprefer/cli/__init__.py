@@ -6,6 +6,7 @@ from vprefer.cli import annotate as _annotate  # noqa: F401
 from vprefer.cli import reward as _reward  # noqa: F401
 from vprefer.cli import rl as _rl  # noqa: F401
 from vprefer.cli import rl_prompts as _rl_prompts  # noqa: F401
+from vprefer.cli import rl_grpo as _rl_grpo  # noqa: F401
 from vprefer.cli import prompts as _prompts  # noqa: F401
 from vprefer.cli import caption as _caption  # noqa: F401
 from vprefer.cli import audit as _audit  # noqa: F401

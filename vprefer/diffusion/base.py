@@ -34,6 +34,9 @@ class Family:
     denoiser_name = "unet"  # the pipeline component that is trained (folder name of a full fine-tune)
     supports_cfg = True  # classifier-free guidance in ``predict`` (FLUX.1-dev embeds its guidance instead)
     embedded_guidance: float | None = None  # FLUX.1-dev's guidance embedding; unused by families without one
+    # which stochastic sampler online RL (GRPO) turns the rollout into: DDIM with eta > 0 (DDPO, DanceGRPO on
+    # SD) or the flow ODE's marginal-preserving SDE (Flow-GRPO); vprefer.rl.grpo_math has both steps
+    stochastic_sampler = "ddim"
 
     def __init__(self, pipe):
         self.pipe = pipe

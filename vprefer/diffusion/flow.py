@@ -121,6 +121,7 @@ def as_batch(t, n: int, device) -> torch.Tensor:
 
 class FlowFamily(Family):
     denoiser_name = "transformer"
+    stochastic_sampler = "flow_sde"
     patch = 2  # latent pixels per token side: SD3's patch_size, FLUX's 2x2 packing
 
     def __init__(self, pipe):

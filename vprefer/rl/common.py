@@ -132,6 +132,7 @@ def weighted_reward(reward, prompts: Sequence[str], pixels: torch.Tensor, weight
 
 class DiffusionTrainerBase:
     config: DiffusionTrainingConfig
+    ref = None  # a frozen copy of the denoiser for loops that need a reference under a full fine-tune
 
     def __init__(self, config: DiffusionTrainingConfig, *, pipe=None, reward=None, holdout_reward=None,
                  callbacks: Sequence[Callable[[int, dict], None]] = ()):
@@ -225,19 +226,36 @@ class DiffusionTrainerBase:
                 loss, m = self.compute_loss()
                 self.acc.backward(loss / k)
             ms.append(m)
+        lr = self.lr_sched.get_last_lr()[0]  # the rate this update uses
+        self.optimizer_step()
+        self.lr_sched.step()
+        out = {key: float(np.mean([m[key] for m in ms if key in m])) for key in ms[-1]}
+        out["lr"] = lr
+        return out
+
+    def optimizer_step(self) -> None:
+        """Clip, step, zero the gradients, move the EMA: what ends every optimizer update of every loop."""
         if self.config.max_grad_norm:
             self.acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
-        lr = self.lr_sched.get_last_lr()[0]  # the rate this update uses
         self.opt.step()
-        self.lr_sched.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             with torch.no_grad():
                 for e, p in zip(self.ema, self.params):
                     e.lerp_(p.detach(), 1 - self.config.ema_decay)
-        out = {key: float(np.mean([m[key] for m in ms if key in m])) for key in ms[-1]}
-        out["lr"] = lr
-        return out
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference model: adapters off (LoRA) or a frozen copy (``self.ref``, a full fine-tune's)."""
+        if self.ref is not None:
+            yield self.ref
+            return
+        u = self.acc.unwrap_model(self.unet)
+        u.disable_adapters()
+        try:
+            yield u
+        finally:
+            u.enable_adapters()
 
     def _swap_ema(self) -> None:
         if self.ema is not None:

@@ -12,7 +12,6 @@ beta.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -88,19 +87,6 @@ class DiffusionDPOTrainer(DiffusionTrainerBase):
     def provenance(self) -> dict:
         return {"aspect": self.config.aspect, "annotators": sorted({x.get("annotator") or "" for x in self.pairs} - {""}),
                 "pairs": len(self.pairs)}
-
-    @contextmanager
-    def reference(self):
-        """The reference model: adapters off (LoRA) or the frozen copy (full fine-tune)."""
-        if self.ref is not None:
-            yield self.ref
-            return
-        u = self.acc.unwrap_model(self.unet)
-        u.disable_adapters()
-        try:
-            yield u
-        finally:
-            u.enable_adapters()
 
     def pair_mses(self, batch: Sequence[dict], prompts: Sequence[str], *, generator: torch.Generator | None = None,
                   sample_latents: bool | None = None):

@@ -54,3 +54,8 @@ class PromptColourReward(torch.nn.Module):
             c = next((i for w, i in self.CHANNELS.items() if w in text.split()), None)
             out.append(rgb[c] - (rgb.sum() - rgb[c]) / 2 if c is not None else rgb.sum() * 0)
         return torch.stack(out).unsqueeze(1)
+
+
+def redness(prompts, pixels):
+    """RednessReward as a plain function ``fn(prompts, pixels) -> (B,)``: a reward list's ``module:function``."""
+    return RednessReward().score_pixels(prompts, pixels)[:, 0]
