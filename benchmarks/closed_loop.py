@@ -1,7 +1,8 @@
 """The closed loop on the learnable world, measured on the truth (issue 28, item 4).
 
 base world generator -> image sets for training prompts -> stand-in judge over HTTP (noise, position bias)
--> pairs -> VP-Score (LoRA on the world CLIP) -> each of ReFL, Diffusion-DPO and GRPO prompt optimisation
+-> pairs -> VP-Score (LoRA on the world CLIP) -> each of ReFL, Diffusion-DPO, GRPO prompt optimisation, online
+GRPO on the generator (VP-Score; the judge as a reward server), and ReFL / DPO / GRPO on the world's flow generator
 -> images for held-out prompts and seeds -> the truth reader. Per loop: the share of images with each
 attribute right and with all right, before -> after, with 95% bootstrap CIs over prompts; the truth win
 rate of after vs before on the same prompt and seed; VP-Score before -> after; and the gap between the
@@ -13,7 +14,10 @@ A rerun with the same --out keeps the stages whose results are on disk (image se
 each loop's weights) and measures again; delete a stage's folder to redo it.
 
 Goals (issue 28): ReFL and DPO raise "all right" on held-out prompts by >= 0.15 with a CI that excludes 0,
-a truth win rate vs base >= 0.6, and GRPO's rewriter beats the original prompt on the truth. The last
+a truth win rate vs base >= 0.6, and GRPO's rewriter beats the original prompt on the truth. Issue 31:
+online GRPO on the generator against VP-Score raises it by >= 0.15 with a CI excluding 0, and against the
+stand-in judge served as a remote, non-differentiable reward it still improves. Issue 30: ReFL and DPO on
+the world's rectified-flow generator (``*-flow``), measured the same way. The last
 lines say which goals were met and by how much the others were missed.
 """
 
@@ -50,6 +54,21 @@ def goals(result: dict) -> list[str]:
         if z:  # what GRPO added to the pretrained rewriter it started from (the goal above credits both)
             out.append(f"grpo's own share (trained vs pretrained rewriter): all right {z['delta']:+.3f} "
                        f"[{z['ci'][0]:+.3f}, {z['ci'][1]:+.3f}]")
+    for name in ("grpo-gen", "grpo-gen-flow"):  # issue 31: GRPO on the generator against VP-Score
+        if name in result:
+            a, w = result[name]["held_out"]["all_right"], result[name]["held_out"]["win_rate"]
+            ok = a["delta"] >= 0.15 and a["ci"][0] > 0
+            out.append(f"{name}: all right {a['delta']:+.3f} (goal +0.15, CI [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}]), "
+                       f"win rate {w['rate']:.3f}: {'met' if ok else 'MISSED'}")
+    if "grpo-gen-judge" in result:  # issue 31: the judge as a remote, non-differentiable reward still improves
+        a = result["grpo-gen-judge"]["held_out"]["all_right"]
+        out.append(f"grpo-gen-judge: all right {a['delta']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}]: "
+                   f"{'improves' if a['delta'] > 0 and a['ci'][0] > 0 else 'improves (CI includes 0)' if a['delta'] > 0 else 'MISSED'}")
+    for name in ("refl-flow", "dpo-flow"):  # issue 30: the flow-matching loops on the world's flow generator
+        if name in result:
+            a = result[name]["held_out"]["all_right"]
+            out.append(f"{name}: all right {a['delta']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}] (the SD loops' goal "
+                       f"+0.15: {'met' if a['delta'] >= 0.15 and a['ci'][0] > 0 else 'MISSED'})")
     if "refl" in result and "refl-reg-only" in result:
         d = result["refl"]["held_out"]["all_right"]["delta"] - result["refl-reg-only"]["held_out"]["all_right"]["delta"]
         out.append(f"refl minus its regulariser-only control (the reward's own share): all right {d:+.3f}")

@@ -212,3 +212,25 @@ def test_a_rerun_keeps_only_the_stages_whose_results_are_on_disk(tmp_path):
     assert not finished(s, "measure refl (held_out)")
     Run(s.run, create=True)
     assert not finished(s, "image sets")  # a run without pairs: the judge has not finished
+
+
+@pytest.mark.slow
+def test_the_closed_loop_runs_online_grpo_and_the_flow_loops_on_the_real_paths(tmp_path):
+    """Issues 30/31 on the same world: GRPO on the generator against VP-Score and against the stand-in judge
+    served over HTTP, and ReFL / DPO / GRPO on the world's rectified-flow generator, each trained by its trainer
+    from its shipped *-world recipe and measured on held-out prompts with the flow generator as the base of
+    the *-flow loops. Wiring and figures' shape; the figures are the benchmark's (BENCHMARKS.md)."""
+    from vprefer.world.loop import closed_loop
+
+    loops = ("grpo-gen", "grpo-gen-judge", "refl-flow", "dpo-flow", "grpo-gen-flow")
+    c = LoopConfig(descriptive_per_combo=0, images_per_set=2, other_images_per_set=2, permutations=1, reward_epochs=1,
+                   refl_steps=2, dpo_flow_steps=2, grpo_gen_steps=1, eval_seeds=1, train_eval_seeds=0, loops=loops,
+                   overrides={n: {"group_size": 2} for n in loops if n.startswith("grpo")})
+    res = closed_loop(tmp_path / "loop", c, log=lambda m: None)
+    for name in loops:
+        h = res[name]["held_out"]
+        assert h["images"] == len(HELD_OUT_COMBOS) and 0 <= h["all_right"]["after"] <= 1, name
+        assert any((tmp_path / "loop" / name).glob("*.safetensors")), name
+        rl = json.loads((tmp_path / "loop" / name / "vprefer_rl.json").read_text())
+        assert rl["family"] == ("sd3" if name.endswith("-flow") else "sd"), (name, rl)
+    assert json.loads((tmp_path / "loop" / "grpo-gen-judge" / "vprefer_rl.json").read_text())["rewards"] == ["remote"]

@@ -86,3 +86,28 @@ def stand_in_judge(noise: float = 0.0, position_bias: float = 0.0, seed: int = 0
         return {a: [float(x[a]["score"]) for x in ans["images"]] for a in ASPECTS}
 
     return run
+
+
+class JudgeReward:
+    """The stand-in judge as a reward: each image judged alone (no position effect), 1-5 with the judge's noise,
+    an integer score with no gradient. Served over HTTP (``vprefer.rl.reward_server.RewardServer``) it is what
+    a GRPO run against a judge behind a reward server sees (issue 31: the non-differentiable reward)."""
+
+    aspects = list(ASPECTS)
+
+    def __init__(self, noise: float = 1.0, seed: int = 0):
+        self.noise, self.seed = noise, seed
+
+    def score_pixels(self, prompts, pixels, aspects=None, normalize: bool = True):
+        import numpy as np
+        import torch
+
+        from vprefer.judge_server.scoring import judge
+
+        aspects = list(aspects or self.aspects)
+        arr = (pixels.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        rows = []
+        for prompt, a in zip(prompts, arr):
+            ans = judge(prompt, [Image.fromarray(a)], aspects, 1, 5, 0.0, False, noise=self.noise, seed=self.seed)
+            rows.append([float(ans["images"][0][x]["score"]) for x in aspects])
+        return torch.tensor(rows)

@@ -24,7 +24,10 @@ from vprefer.world.prompts import HELD_OUT_COMBOS, TRAIN_COMBOS, prompt_of
 from vprefer.world.scenes import SIZES, Scene
 from vprefer.world import truth_eval
 
-LOOPS = ("refl", "refl-reg-only", "dpo", "grpo")
+LOOPS = ("refl", "refl-reg-only", "dpo", "grpo", "grpo-gen", "grpo-gen-judge", "refl-flow", "dpo-flow", "grpo-gen-flow")
+# grpo: the prompt rewriter (TRL); grpo-gen: online GRPO on the generator against VP-Score, -judge: against the
+# stand-in judge behind a reward server (non-differentiable); *-flow: the same loops on the world's
+# rectified-flow (SD3-architecture) generator
 # ReFL's pre-training regulariser trains on drawn (true) images, which alone could improve the generator: the
 # control runs ReFL with the reward's gradient off (grad_scale 0), so the reward's own share is ReFL minus it
 CONTROL = {"refl-reg-only": {"grad_scale": 0.0}}
@@ -44,9 +47,11 @@ class LoopConfig:
     refl_steps: int = 240
     dpo_steps: int = 2000
     grpo_steps: int = 100
+    grpo_gen_steps: int = 120          # online GRPO on the generator: updates (each 2 prompts x 8 images)
+    dpo_flow_steps: int = 600
     eval_seeds: int = 12               # per held-out prompt (11 held-out combinations)
     train_eval_seeds: int = 3          # per training combination, seeds no step saw
-    loops: tuple = LOOPS
+    loops: tuple = ("refl", "refl-reg-only", "dpo", "grpo")  # issue 28's; benchmarks/closed_loop.py runs all of LOOPS
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # {"refl": {...}, "dpo": {...}, "grpo": {...}} recipe fields
 
@@ -96,14 +101,19 @@ class Stages:
         self.out = Path(self.out)
         self.cache, self.run, self.data = self.out / ".cache", self.out / "run", self.out / "drawn"
         self.sd, self.clip, self.lm = self.cache / "world-sd", self.cache / "world-clip", self.cache / "world-lm"
+        self.sd3 = self.cache / "world-sd3"
         self.vpscore = self.out / "vp-score"
+
+    def base(self, name: str) -> Path:
+        """The generator a loop starts from: the rectified-flow one for ``*-flow`` loops."""
+        return self.sd3 if name.endswith("-flow") else self.sd
 
 
 def prepare(s: Stages) -> None:
     """The world's shipped models, copied into the loop's cache (runs never write into the package)."""
     from vprefer.world.models import copy_shipped
 
-    for name, path in (("sd", s.sd), ("clip", s.clip), ("lm", s.lm)):
+    for name, path in (("sd", s.sd), ("sd3", s.sd3), ("clip", s.clip), ("lm", s.lm)):
         if not path.exists():
             copy_shipped(name, path)
 
@@ -195,7 +205,7 @@ def _config(cls, recipe: str, s: Stages, name: str, c: LoopConfig, steps: int):
     from vprefer.rl.common import config_from_yaml
 
     over = {**CONTROL.get(name, {}), **c.overrides.get(name, {})}
-    return config_from_yaml(cls, recipe, output_dir=str(s.out / name), pretrained=str(s.sd), max_steps=steps,
+    return config_from_yaml(cls, recipe, output_dir=str(s.out / name), pretrained=str(s.base(name)), max_steps=steps,
                             seed=c.seed, report_to=[], disable_tqdm=True, **over)
 
 
@@ -204,18 +214,38 @@ def run_refl(s: Stages, c: LoopConfig, name: str = "refl") -> Path:
     from vprefer.rl.refl import run_images
 
     data = s.data / "run" if (s.data / "run").exists() else drawn_data(s)
-    cfg = _config(ReFLConfig, "refl-world", s, name, c, c.refl_steps)
+    cfg = _config(ReFLConfig, "refl-world-flow" if name.endswith("-flow") else "refl-world", s, name, c, c.refl_steps)
     ReFLTrainer(cfg, prompts=training_prompts(c), reward=str(s.vpscore), pretrain_data=run_images(data)).train()
     return s.out / name
 
 
-def run_dpo(s: Stages, c: LoopConfig) -> Path:
+def run_dpo(s: Stages, c: LoopConfig, name: str = "dpo") -> Path:
     from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer
     from vprefer.rl.dpo import dpo_pairs
 
-    cfg = _config(DiffusionDPOConfig, "dpo-world", s, "dpo", c, c.dpo_steps)
+    flow = name.endswith("-flow")
+    cfg = _config(DiffusionDPOConfig, "dpo-world-flow" if flow else "dpo-world", s, name, c,
+                  c.dpo_flow_steps if flow else c.dpo_steps)
     DiffusionDPOTrainer(cfg, pairs=dpo_pairs(s.run, cfg.aspect, cfg.annotators), reward=str(s.vpscore)).train()
-    return s.out / "dpo"
+    return s.out / name
+
+
+def run_grpo_gen(s: Stages, c: LoopConfig, name: str) -> Path:
+    """Online GRPO on the generator against VP-Score, or (``grpo-gen-judge``) against the stand-in judge served
+    by a reward server on 127.0.0.1: integer 1-5 scores with the judge's noise, no gradient anywhere."""
+    from vprefer.rl import GRPOConfig, GRPOTrainer
+    from vprefer.rl.reward_server import RewardServer
+    from vprefer.world.judge_check import JudgeReward
+
+    cfg = _config(GRPOConfig, "grpo-world-flow" if name.endswith("-flow") else "grpo-world", s, name, c,
+                  c.grpo_gen_steps)
+    if name != "grpo-gen-judge":
+        GRPOTrainer(cfg, prompts=training_prompts(c), reward=str(s.vpscore)).train()
+        return s.out / name
+    with RewardServer(JudgeReward(noise=c.judge_noise, seed=c.seed), {"prompt_following": 1.0}).start() as srv:
+        cfg.rewards = [srv.url]
+        GRPOTrainer(cfg, prompts=training_prompts(c)).train()
+    return s.out / name
 
 
 def run_grpo(s: Stages, c: LoopConfig) -> dict:
@@ -236,7 +266,7 @@ def measure(s: Stages, c: LoopConfig, name: str, items: tuple[list[str], list[in
     from vprefer.diffusion import load_pipeline
 
     prompts, seeds = items
-    pipe = load_pipeline(str(s.sd))
+    pipe = load_pipeline(str(s.base(name)))
     kw = dict(reward=rm, reward_aspects=aspects, steps=SAMPLE_STEPS, guidance=GUIDANCE)
     if before is None or (before.prompts, before.seeds) != (list(prompts), list(seeds)):
         before = truth_eval.read(pipe, prompts, seeds, **kw)
@@ -301,7 +331,9 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
     stage("VP-Score", lambda: reward_model(s, c))
     rm = VPScore.from_pretrained(s.vpscore, device="cpu")
     runners = {"refl": run_refl, "dpo": run_dpo, "grpo": run_grpo,
-               "refl-reg-only": lambda s, c: run_refl(s, c, "refl-reg-only")}
+               "refl-reg-only": lambda s, c: run_refl(s, c, "refl-reg-only"),
+               "refl-flow": lambda s, c: run_refl(s, c, "refl-flow"), "dpo-flow": lambda s, c: run_dpo(s, c, "dpo-flow"),
+               **{n: (lambda s, c, n=n: run_grpo_gen(s, c, n)) for n in ("grpo-gen", "grpo-gen-judge", "grpo-gen-flow")}}
     for name in c.loops:
         stage(name, lambda: runners[name](s, c))
     aspects, base = {"prompt_following": 1.0}, {}
@@ -309,8 +341,9 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
         for where, items in (("held_out", held_out_items(c)), ("seen", seen_items(c))):
             if not items[0]:
                 continue
-            r = stage(f"measure {name} ({where})", lambda: measure(s, c, name, items, rm, aspects, base.get(where)))
-            base[where] = r["_readings"][0]
+            key = (where, str(s.base(name)))  # the base generator's reading, shared by loops that start from it
+            r = stage(f"measure {name} ({where})", lambda: measure(s, c, name, items, rm, aspects, base.get(key)))
+            base[key] = r["_readings"][0]
             result.setdefault(name, {})[where] = {k: v for k, v in r.items() if not k.startswith("_")}
             if where == "held_out":
                 truth_eval.grid(*r["_readings"], s.out / "grids" / f"{name}.png",
