@@ -116,3 +116,24 @@ def test_export_without_matching_rankings_says_what_exists(shared_data, tmp_path
         export_run(tmp_path / "run", tmp_path / "x.json", "imagereward", aspect="aesthetics")
     with pytest.raises(FormatError, match="imported without images"):
         export_run(tmp_path / "run", tmp_path / "x.parquet", "pickapic")
+
+
+def test_dpo_reads_a_pickapic_parquet_through_the_api_not_only_the_cli(tmp_path):
+    """`rl dpo --data pick.parquet` imported Pick-a-Pic in the CLI only; the API (vprefer.rl.dpo.dpo_data) does
+    it now: the pairs' images exist while the block runs (training reads them), ties are dropped, the aspect
+    becomes overall, and the temporary run is gone afterwards."""
+    from pathlib import Path
+
+    from vprefer.rl.dpo import dpo_data
+
+    rows = {"caption": ["red", "green", "blue"],
+            "jpg_0": [png_bytes((255, 0, 0), fmt="JPEG"), png_bytes((0, 250, 0), fmt="JPEG"), png_bytes((0, 0, 9), fmt="JPEG")],
+            "jpg_1": [png_bytes((200, 0, 0), fmt="JPEG"), png_bytes((0, 200, 0), fmt="JPEG"), png_bytes((0, 0, 200), fmt="JPEG")],
+            "label_0": [1.0, 0.5, 0.0]}
+    pl.DataFrame(rows).write_parquet(tmp_path / "pap.parquet")
+    with dpo_data(tmp_path / "pap.parquet", "prompt_following") as (pairs, aspect):
+        assert aspect == "overall" and len(pairs) == 2
+        files = [Path(p[k]) for p in pairs for k in ("win", "lose") if k in p] or \
+            [Path(v) for p in pairs for v in p.values() if isinstance(v, str) and v.endswith((".png", ".jpg", ".jpeg"))]
+        assert files and all(f.exists() for f in files)
+    assert not any(f.exists() for f in files)

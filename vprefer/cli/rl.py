@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -81,9 +80,8 @@ def dpo_cmd(
 
     Any field of the recipe (DiffusionDPOConfig) can be set after the options, e.g. `beta=2500 learning_rate=1e-8`.
     """
-    from vprefer.exchange import import_pickapic
     from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer
-    from vprefer.rl.dpo import dpo_pairs
+    from vprefer.rl.dpo import dpo_data
 
     cfg = load_recipe(DiffusionDPOConfig, recipe, "rl", overrides, output_dir=str(out_dir), max_steps=max_steps,
                       aspect=aspect,
@@ -93,12 +91,7 @@ def dpo_cmd(
 
     with state().main_process_first():  # several processes: one builds a missing stand-in, the rest wait
         ensure_pipeline(cfg.pretrained, cfg.create_tiny_if_missing)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = data
-        if data.suffix == ".parquet":
-            import_pickapic(data, Path(tmp) / "run")
-            run_dir, cfg.aspect = Path(tmp) / "run", "overall"
-        pairs = dpo_pairs(run_dir, cfg.aspect, cfg.annotators)
+    with dpo_data(data, cfg.aspect, cfg.annotators) as (pairs, cfg.aspect):
         if state().is_main_process:
             out.print(f"training on {len(pairs):,} {cfg.aspect} pairs from {', '.join(sorted({p['annotator'] for p in pairs}))}")
         tr = DiffusionDPOTrainer(cfg, pairs=pairs, reward=reward, holdout_reward=holdout_reward)

@@ -12,6 +12,7 @@ beta.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -44,6 +45,23 @@ class DiffusionDPOConfig(DiffusionTrainingConfig):
         if not 0.0 <= self.proportion_empty_prompts <= 1.0:
             raise RecipeError(f"proportion_empty_prompts must be in [0, 1], got {self.proportion_empty_prompts}")
         super().__post_init__()
+
+
+@contextmanager
+def dpo_data(data, aspect: str, annotators: Sequence[str] | None = None):
+    """``(pairs, aspect)`` for DPO from a run directory with a pairs table, or a Pick-a-Pic parquet (imported
+    into a temporary run for the duration: its images are read while training, so use it around ``train()``;
+    Pick-a-Pic's labels are overall preferences, so the aspect becomes ``overall``)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if Path(data).suffix == ".parquet":
+            from vprefer.exchange import import_pickapic
+
+            import_pickapic(data, Path(tmp) / "run")
+            data, aspect = Path(tmp) / "run", "overall"
+        yield dpo_pairs(data, aspect, annotators), aspect
 
 
 def dpo_pairs(run_dir, aspect: str, annotators: Sequence[str] | None = None) -> list[dict]:
