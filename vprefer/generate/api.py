@@ -12,8 +12,8 @@ client layer (``vprefer.llm``) with annotation's guarantees:
   (content-addressed, atomic); the ``images`` row is folded from the journal,
   so ``kill -9`` anywhere loses no paid image and a rerun asks only for what is
   missing;
-* ``--max-cost`` caps this run's total spend on API generators (the same send
-  loop and budget rule as annotation: in-flight estimates are reserved);
+* ``--max-cost`` caps this run's total spend on API generators (the same engine,
+  :func:`vprefer.llm.run_job`, and budget rule as annotation: in-flight estimates are reserved);
   ``--dry-run`` prints the cost without sending.
 
 The one exposure left: a request *in flight* when the process was killed was
@@ -32,20 +32,17 @@ plus token prices where the server bills tokens (gpt-image-1 returns ``usage``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from vprefer import ids, schema
 from vprefer.errors import MissingError
 from vprefer.images import BadImage, check_bytes
 from vprefer.ingest import store_image
-from vprefer.llm import Client, Ledger, Outcome, PermanentError, Report, ended, send_all
+from vprefer.llm import ChatJob, Client, Ledger, PermanentError, run_job
 from vprefer.llm.settings import env_or, key_from_env, slug
 from vprefer.store import Run
 
@@ -169,55 +166,87 @@ def fold(run: Run, ledger: Ledger, generator: str) -> int:
     return len(rows)
 
 
+@dataclass(frozen=True)
+class Item:
+    request_id: str
+    prompt_id: str
+    prompt: str
+    seed: int
+
+
+class ImagesJob(ChatJob[Item]):
+    """One API generator's images on the client layer's engine: an item is (prompt, seed); a request is
+    ``images.generate``; an answer is stored (content-addressed, atomic) before its ``done`` record; rows fold
+    into ``images``. The images API has no Batch API and no stored completions: online only, and a request in
+    flight at a crash is sent again (counted as ``resent``)."""
+
+    kind, command = "generate", "generate (API)"
+    bad_input = ()
+    invalid_retries = 0  # an unusable image was billed: ended, not asked again in this run (a rerun asks)
+    modes = ("online",)
+
+    def __init__(self, run: Run, ep: Endpoint, todo: list[tuple[str, str, int]]):
+        self.run, self.settings, self.name = run, ep, journal_name(ep)
+        self.todo = [Item(ep.request_id(text, seed), pid, text, seed) for pid, text, seed in todo]
+
+    def plan(self, run: Run, limit: int | None, *, dry_run: bool) -> list[Item]:
+        return self.todo
+
+    def body(self, it: Item) -> dict:
+        return self.settings.body(it.prompt)
+
+    async def call(self, client: Client, body: dict, rid: str):
+        return await client.images(body, rid)
+
+    def answer_of(self, resp):
+        return resp, None
+
+    def tokens(self, resp) -> tuple[int, int]:
+        u = resp.usage
+        return (u.input_tokens or 0, u.output_tokens or 0) if u is not None else (0, 0)
+
+    def price(self, resp, tin: int, tout: int, *, batch: bool) -> float:
+        return self.settings.cost(len(resp.data or []), tin, tout)
+
+    def parse(self, it: Item, resp, finish_reason) -> dict:
+        """Decode and store the image; a missing or broken image is a permanent error of this request."""
+        try:
+            if not resp.data or not resp.data[0].b64_json:
+                raise ValueError("the server returned no base64 image (set response_format: b64_json)")
+            chk = check_bytes(base64.b64decode(resp.data[0].b64_json), f"{self.settings.name} seed {it.seed}")
+        except (ValueError, BadImage) as e:
+            raise PermanentError(str(e)) from None
+        iid, uri = store_image(self.run, chk)  # the file is durable before the record
+        return {"image_id": iid, "uri": uri, "width": chk.width, "height": chk.height,
+                "revised_prompt": resp.data[0].revised_prompt}
+
+    def record(self, it: Item, result, *, status, raw, usage, cost_usd, latency_s, attempts, error) -> dict:
+        return {"event": "done", "status": status, "request_id": it.request_id, "prompt_id": it.prompt_id,
+                "seed": it.seed, **(result or {}), "input_tokens": usage[0], "output_tokens": usage[1],
+                "cost_usd": cost_usd, "latency_s": latency_s, **({"error": error} if error else {})}
+
+    def fold(self, run: Run, ledger: Ledger) -> int:
+        return fold(run, ledger, self.settings.name)
+
+    def estimate(self, it: Item, ledger: Ledger, *, batch: bool, upper: bool = False) -> float:
+        return self.settings.estimate(it.prompt)
+
+    def manifest(self) -> dict:
+        return {"generator": self.settings.resolved()}
+
+
 def generate_api(run: Run, ep: Endpoint, todo: list[tuple[str, str, int]], *, budget: float | None = None,
                  dry_run: bool = False) -> APIResult:
     """``todo``: (prompt id, prompt, seed) not in the ``images`` table yet; ``budget``: USD this generator may
-    still spend on the run, on top of what its journal holds."""
-    ledger = Ledger(run, journal_name(ep), kind="generate")
-    fold(run, ledger, ep.name)
-    keyed = [(pid, text, seed, ep.request_id(text, seed)) for pid, text, seed in todo]
-    keyed = [k for k in keyed if k[3] not in ledger.done]
-    res = APIResult(todo=len(keyed), est_cost_usd=sum(ep.estimate(k[1]) for k in keyed))
-    if dry_run or not keyed:
+    still spend on the run, on top of what its journal holds (under ``accelerate launch`` each process's share)."""
+    job = ImagesJob(run, ep, todo)
+    before = Ledger(run, job.name, kind=job.kind)
+    resent = sum(1 for it in job.todo if it.request_id in before.in_flight())
+    cap = None if budget is None else before.spent_usd + budget
+    r = run_job(run, job, mode="online", max_cost=cap, dry_run=dry_run)
+    res = APIResult(todo=r.todo, est_cost_usd=r.est_cost_usd)
+    if dry_run or not r.todo:
         return res
-    ep.api_key()
-    report = Report(planned=len(keyed), todo=len(keyed))
-    in_flight_before = ledger.in_flight()
-    res.resent = sum(1 for k in keyed if k[3] in in_flight_before)
-
-    async def one(client: Client, item) -> Outcome:
-        pid, text, seed, rid = item
-        t0 = time.monotonic()
-        await ledger.awrite({"event": "sent", "request_id": rid})
-        try:
-            r = await client.images(ep.body(text), rid)
-            if not r.data or not r.data[0].b64_json:
-                raise ValueError("the server returned no base64 image (set response_format: b64_json)")
-            chk = check_bytes(base64.b64decode(r.data[0].b64_json), f"{ep.name} seed {seed}")
-            iid, uri = await asyncio.to_thread(store_image, run, chk)  # the file is durable before the record
-        except (PermanentError, ValueError, BadImage, openai.APIError) as e:  # APIError: stays pending for a rerun
-            await ledger.awrite(ended(rid, e))
-            return Outcome("pending" if isinstance(e, openai.APIError) else "error")
-        u = r.usage
-        tin, tout = (u.input_tokens or 0, u.output_tokens or 0) if u is not None else (0, 0)
-        c = ep.cost(len(r.data), tin, tout)
-        await ledger.awrite({"event": "done", "status": "ok", "request_id": rid, "prompt_id": pid, "seed": seed,
-                             "image_id": iid, "uri": uri, "width": chk.width, "height": chk.height,
-                             "input_tokens": tin, "output_tokens": tout, "cost_usd": c,
-                             "revised_prompt": r.data[0].revised_prompt, "latency_s": time.monotonic() - t0})
-        return Outcome("ok", tin, tout, c)
-
-    async def go() -> None:
-        async with Client(ep, report) as client:
-            await send_all(keyed, lambda it: one(client, it), ledger=ledger, report=report,
-                           concurrency=ep.spec.concurrency, estimate=lambda it: ep.estimate(it[1]),
-                           budget=None if budget is None else ledger.spent_usd + budget)
-
-    with ledger:
-        try:
-            asyncio.run(go())
-        finally:
-            fold(run, ledger, ep.name)
-    res.generated, res.errors, res.cost_usd = report.ok, report.error + report.pending, report.cost_usd
-    res.stopped_for_budget = report.stopped_for_budget
+    res.generated, res.errors, res.cost_usd = r.ok, r.error + r.pending + r.invalid, r.cost_usd
+    res.stopped_for_budget, res.resent = r.stopped_for_budget, resent
     return res

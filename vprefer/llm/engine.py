@@ -37,7 +37,6 @@ from vprefer.llm.report import Report
 from vprefer.llm.send import send_all
 from vprefer.store import Run
 
-MODES = ("online", "batch", "offline")
 
 
 def ledger_of(run: Run, job: ChatJob) -> Ledger:
@@ -52,8 +51,8 @@ def run_job(run: Run, job: ChatJob, *, mode: str = "online", max_cost: float | N
     """Run ``job`` on ``run``; resumable. ``results``: fold these ``vllm run-batch`` output files and send
     nothing. ``report``: a :class:`Report` (or subclass) to fill. ``extra``: more fields for the manifest
     entry once the job ends (e.g. annotation's run id)."""
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in job.modes:
+        raise InputError(f"mode must be one of {', '.join(job.modes)} for {job.command}, not {mode!r}")
     res = report if report is not None else Report()
     on_update = on_update or (lambda r: None)
     ledger = ledger_of(run, job)

@@ -46,6 +46,7 @@ class ChatJob(Generic[T]):
     bad_input: tuple[type[BaseException], ...] = (OSError,)  # building this item's request failed for good
     record_errors: bool = False  # a permanent error: a ``done`` record (never asked again) or only ``ended``
     invalid_retries: int = 2  # answers that fail validation are asked again this often
+    modes: tuple[str, ...] = ("online", "batch", "offline")  # the image API has no Batch API: online only
 
     # ------------------------------------------------------------------ what the job declares
     def recorded(self, run: Run) -> tuple[list[str], float]:
@@ -58,6 +59,22 @@ class ChatJob(Generic[T]):
     def body(self, item: T) -> dict:
         """The chat-completions body (may read files: called off the event loop)."""
         raise NotImplementedError
+
+    async def call(self, client: Client, body: dict, rid: str):
+        """One request to the server (chat completions; the images job calls ``images.generate``)."""
+        return await client.chat(body, rid)
+
+    def answer_of(self, resp) -> tuple[Any, str | None]:
+        """What ``parse`` reads from a response: the first choice's text and finish reason."""
+        return text_of(resp)
+
+    def tokens(self, resp) -> tuple[int, int]:
+        return usage(resp) if not isinstance(resp, dict) else (
+            (resp.get("usage") or {}).get("prompt_tokens", 0) or 0, (resp.get("usage") or {}).get("completion_tokens", 0) or 0)
+
+    def price(self, resp, tin: int, tout: int, *, batch: bool) -> float:
+        """USD for one answer: tokens at the preset's prices (the images job adds a price per image)."""
+        return cost(self.settings, tin, tout, batch=batch)
 
     def parse(self, item: T, text: str | None, finish_reason: str | None) -> Any:
         """The answer's meaning; a :class:`ValueError` marks it invalid (asked again, then recorded invalid)."""
@@ -121,7 +138,7 @@ async def ask(job: ChatJob[T], client: Client, ledger: Ledger, item: T, *, recov
     without an answer (``pending``: a rerun asks again)."""
     rid, t0 = item.request_id, time.monotonic()
     tin = tout = attempts = 0
-    raw, result, status, error = None, None, "invalid", None
+    raw, result, status, error, paid = None, None, "invalid", None, 0.0
     try:
         resp = await client.recover(rid, ledger.sent_at(rid)) if recover else None
         body = None
@@ -130,10 +147,10 @@ async def ask(job: ChatJob[T], client: Client, ledger: Ledger, item: T, *, recov
                 if body is None:
                     body = await asyncio.to_thread(request_body, job, item)
                 await ledger.awrite({"event": "sent", "request_id": rid, "attempt": attempts})
-                resp = await client.chat(body, rid)
-            i, o = usage(resp)
-            tin, tout = tin + i, tout + o
-            raw, finish = text_of(resp)
+                resp = await job.call(client, body, rid)
+            i, o = job.tokens(resp)
+            tin, tout, paid = tin + i, tout + o, paid + job.price(resp, i, o, batch=False)
+            raw, finish = job.answer_of(resp)
             try:
                 result, status, error = job.parse(item, raw, finish), "ok", None
                 break
@@ -147,7 +164,7 @@ async def ask(job: ChatJob[T], client: Client, ledger: Ledger, item: T, *, recov
     except openai.APIError as e:  # retries exhausted on a transient fault: a rerun asks again
         await ledger.awrite(ended(rid, e))
         return Outcome("pending")
-    c = cost(job.settings, tin, tout, batch=False)
+    c = paid
     rec = job.record(item, result, status=status, raw=raw, usage=(tin, tout), cost_usd=c,
                      latency_s=time.monotonic() - t0, attempts=attempts, error=error)
     await ledger.awrite(rec)
@@ -183,14 +200,13 @@ class JobBatches(BatchRunner[T]):
     def answer(self, item: T, body: dict) -> Outcome | None:
         if item.request_id in self.ledger.done:  # the same output file collected again after a crash
             return None
-        u = body.get("usage") or {}
-        tin, tout = u.get("prompt_tokens", 0) or 0, u.get("completion_tokens", 0) or 0
-        raw, finish = text_of(body)
+        tin, tout = self.job.tokens(body)
+        raw, finish = self.job.answer_of(body)
         try:
             result, status, err = self.job.parse(item, raw, finish), "ok", None
         except ValueError as ex:
             result, status, err = None, "invalid", f"invalid answer: {ex}"
-        c = cost(self.job.settings, tin, tout, batch=True)
+        c = self.job.price(body, tin, tout, batch=True)
         earlier = self.reasks.setdefault(item.request_id, {})
         rid = body.get("id") or f"{item.request_id}:{len(earlier)}"
         if rid in earlier:  # the same output collected again (a crash mid-collect): already counted
