@@ -54,8 +54,8 @@ class Figure:
 
 def catalogue(cache: Path, work: Path, cpus: int) -> list[Figure]:
     """The figures in order of importance. Score throughput with the preparation pool, then reward training
-    memory (LoRA / 4-bit vs full), the SDXL steps, annotation on this machine's cores, generation, the
-    SD 1.5 steps already measured on an H100 (LoRA vs full), and the FSDP configuration last."""
+    memory (LoRA / 4-bit vs full), the SDXL steps, annotation on this machine's cores, generation, SD 3.5
+    Medium's LoRA-vs-full memory ratio (DPO, ReFL), and the FSDP configuration last."""
     py, dev = [sys.executable], [sys.executable, B + "device.py"]
     tiny_clip = str(cache / "tiny-clip")
     judges = max(2, min(8, cpus // 2))  # the rest of the cores are the client's and the system's
@@ -87,12 +87,13 @@ def catalogue(cache: Path, work: Path, cpus: int) -> list[Figure]:
                     py + [B + "generate_throughput.py", "--arch", "sd15", "--n", "16", "--batch", "8"],
                     py + [B + "generate_throughput.py", "--arch", "tiny", "--n", "4", "--batch", "2", "--steps", "4"],
                     "img_per_s"))
-    for loop, budget, steps in (("refl", 25, "2"), ("dpo", 20, "3")):
-        for v in ("lora+ckpt", "full"):
-            f.append(Figure(f"{loop}-sd15-{v.split('+')[0]}", budget, f"SD 1.5 {loop.upper()} at 512 px, {v}",
-                            py + [B + f"{loop}_step.py", "--arch", "sd15", "--variant", v, "--steps", steps],
-                            py + [B + f"{loop}_step.py", "--arch", "tiny", "--variant", v, "--steps", "1"],
-                            "step_s"))
+    # SD 3.5 Medium (T5-XXL whole, bf16, 512 px): DPO and ReFL, LoRA + checkpointing vs full fine-tuning, each
+    # variant a process of its own (four in all). It took the SD 1.5 LoRA-vs-full figures' 90 s: those ratios
+    # were measured on an H100 already (BENCHMARKS.md, "ReFL and Diffusion-DPO steps").
+    f.append(Figure("flow-sd35m", 90, "SD 3.5 Medium DPO and ReFL at 512 px: peak memory LoRA + ckpt ÷ full, s/update",
+                    py + [B + "flow_memory.py", "--arch", "sd35m", "--steps", "1"],
+                    py + [B + "flow_memory.py", "--arch", "tiny-sd3", "--steps", "1"],
+                    "dpo_ratio"))
     f.append(Figure("fsdp", 25, "rl/accelerate-fsdp.yaml under accelerate launch (1 process), tiny DPO",
                     dev + ["_fsdp", "--work", str(work / "fsdp")], dev + ["_fsdp", "--work", str(work / "fsdp")],
                     "s_per_update"))
@@ -266,6 +267,10 @@ def show(name: str, v: dict, results: dict) -> str:
         base = re.sub(r"-lora$", "-full", name)
         return (f"{v['step_s'] * 1000:.0f} ms/update, peak {v['peak_mib']} MiB{ratio(base, 'peak_mib')}, "
                 f"trainable {v['trainable']:,}")
+    if name.startswith("flow"):
+        return "; ".join(f"{loop.upper()} LoRA + ckpt {v[f'{loop}_lora_s']:.2f} s/update, peak "
+                         f"{v[f'{loop}_lora_peak_mib']} MiB = **{v[f'{loop}_ratio']}x full** ({v[f'{loop}_full_s']:.2f} s, "
+                         f"{v[f'{loop}_full_peak_mib']} MiB)" for loop in ("dpo", "refl") if f"{loop}_ratio" in v)
     if name == "annotate":
         cs = [k[1:-6] for k in v if re.fullmatch(r"c\d+_ratio", k)]
         return "; ".join(f"c{c}: {v[f'c{c}_rps']} req/s = {v[f'c{c}_ratio']} of the bound (bare sender "

@@ -1,6 +1,6 @@
 """Diffusion-DPO step time and peak memory: LoRA vs full, with and without gradient checkpointing.
 
-    python benchmarks/dpo_step.py [--arch tiny|tiny-sdxl|sd15|sdxl] [--steps 5]
+    python benchmarks/dpo_step.py [--arch tiny|tiny-sdxl|tiny-sd3|sd15|sdxl|sd35m|sd35m-cpu] [--steps 5]
     python benchmarks/dpo_step.py --learning      # toy pairs: implicit accuracy before/after a short run
 """
 

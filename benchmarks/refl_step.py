@@ -1,9 +1,10 @@
 """ReFL step time and peak memory: LoRA vs full, with and without gradient checkpointing.
 
-    python benchmarks/refl_step.py [--arch tiny|tiny-sdxl|sd15|sdxl] [--steps 5]
+    python benchmarks/refl_step.py [--arch tiny|tiny-sdxl|tiny-sd3|sd15|sdxl|sd35m|sd35m-cpu] [--steps 5]
     python benchmarks/refl_step.py --learning     # toy reward: held-out reward before/after a short run
 
-``--arch sd15`` / ``sdxl`` build the SD 1.5 / SDXL base architecture from configs (random weights; for a GPU).
+``--arch sd15`` / ``sdxl`` / ``sd35m`` build the SD 1.5 / SDXL base / SD 3.5 Medium architecture from configs
+(random weights; for a GPU); ``sd35m-cpu`` is SD 3.5 Medium with fewer layers (benchmarks/flow_memory.py).
 """
 
 import sys

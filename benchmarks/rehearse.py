@@ -4,6 +4,7 @@
     python benchmarks/rehearse.py run --cache .cache/rehearsal reward/vp-score-clip-lora.yaml --steps 2
     python benchmarks/rehearse.py run --cache .cache/rehearsal all --steps 1 --cpu-batch
     python benchmarks/rehearse.py run rl/refl-sdxl.yaml --steps 1 --cpu-batch --resolution 512 --rollout 8
+    python benchmarks/rehearse.py run flow --steps 1 --cpu-batch --resolution 256 --rollout 4   # SD 3.5 M, FLUX
 
 ``build`` writes each architecture of ``benchmarks/hub_configs.yaml`` with random weights into
 ``CACHE/hub/models--ORG--NAME/snapshots/SHA`` (plus ``refs/main``), the layout ``huggingface_hub``
@@ -12,7 +13,9 @@ a user who downloaded the weights. ``run`` executes the vprefer command a recipe
 process with ``HF_HOME=CACHE`` and ``HF_HUB_OFFLINE=1``, on a copy of the recipe whose only changes
 are step counts (``max_steps``, sampling steps of the before/after grids, ``logging_steps`` so each
 update is timed); ``--cpu-batch`` also sets the batch to 2 pairs (reward) or 1 (RL) and accumulation to one, said in the output,
-because a full-size update at the recipe's batch takes many minutes on a 2-core CPU. It prints seconds
+because a full-size update at the recipe's batch takes many minutes on a 2-core CPU (GRPO: one group of 2
+images, one inner epoch). A hub config's ``rehearsal`` key (T5-XXL and FLUX.1-dev's transformer with
+fewer layers, see hub_configs.yaml) is what ``build`` makes smaller than the hub's. It prints seconds
 per update (from the trainer's own log) and the process's peak RSS.
 """
 
@@ -60,6 +63,21 @@ def clip_tokenizer(out: Path, spec: dict) -> None:
     tok.save_pretrained(out)
 
 
+def t5_tokenizer(out: Path, spec: dict) -> None:
+    """The tiny pipelines' character-level Unigram T5 tokenizer (built in memory; T5's pad/eos/unk ids 0/1/2)."""
+    from vprefer.testing.tiny_pipelines import char_t5_tokenizer
+
+    char_t5_tokenizer(spec["model_max_length"]).save_pretrained(out)
+
+
+def reduced(spec: dict) -> dict:
+    """The spec with its ``rehearsal`` reductions applied (each part's keys replace the hub config's)."""
+    spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
+    for part, keys in (spec.pop("rehearsal", None) or {}).items():
+        spec[part].update(keys)
+    return spec
+
+
 def words_tokenizer(out: Path, spec: dict) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -84,34 +102,42 @@ def build_pipeline(snap: Path, spec: dict) -> None:
     import torch
     import transformers
 
+    if spec.get("rehearsal"):
+        print(f"  reduced for the rehearsal: {json.dumps(spec['rehearsal'])}", flush=True)
+    spec = reduced(spec)
     index = {"_class_name": spec["pipeline"], "_diffusers_version": diffusers.__version__}
-    for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
+    for part in ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "unet", "vae"):
         if part not in spec:
             continue
         cfg = dict(spec[part])
         torch.manual_seed(0)
         if part.startswith("text_encoder"):
             cls = getattr(transformers, cfg.pop("class"))
-            model = cls(getattr(transformers, cls.__name__.replace("WithProjection", "") .replace("Model", "Config"))(**cfg))
+            model = cls(cls.config_class(**cfg))
             index[part] = ["transformers", cls.__name__]
         else:
-            cls = diffusers.UNet2DConditionModel if part == "unet" else diffusers.AutoencoderKL
+            cls = getattr(diffusers, cfg.pop("class", "UNet2DConditionModel" if part == "unet" else "AutoencoderKL"))
             model = cls(**cfg)
             index[part] = ["diffusers", cls.__name__]
+        n = sum(p.numel() for p in model.parameters())
         model.save_pretrained(snap / part, safe_serialization=True)
         del model
-        print(f"  {part}: saved", flush=True)
-    for part in ("tokenizer", "tokenizer_2"):
+        print(f"  {part}: {n / 1e6:.1f}M parameters, saved", flush=True)
+    for part in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         if part in spec:
-            clip_tokenizer(snap / part, spec[part])
-            index[part] = ["transformers", "CLIPTokenizer"]
+            if spec[part]["kind"] == "t5":
+                t5_tokenizer(snap / part, spec[part])
+                index[part] = ["transformers", "T5TokenizerFast"]
+            else:
+                clip_tokenizer(snap / part, spec[part])
+                index[part] = ["transformers", "CLIPTokenizer"]
     sch = dict(spec["scheduler"])
     cls = getattr(diffusers, sch.pop("class"))
     cls(**sch).save_pretrained(snap / "scheduler")
     index["scheduler"] = ["diffusers", cls.__name__]
     if spec["pipeline"] == "StableDiffusionPipeline":
         index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
-    else:
+    elif spec["pipeline"] == "StableDiffusionXLPipeline":
         index["force_zeros_for_empty_prompt"] = True
     (snap / "model_index.json").write_text(json.dumps(index, indent=2))
 
@@ -132,7 +158,7 @@ def build_model(snap: Path, spec: dict) -> None:
 def build(cache: Path, only: list[str] | None) -> None:
     specs = yaml.safe_load(CONFIGS.read_text())
     for hub_id, spec in specs.items():
-        if only and hub_id not in only:
+        if "/" not in hub_id or (only and hub_id not in only):  # YAML anchors (t5_xxl, flow_vae) are not hub ids
             continue
         snap = snapshot(cache, hub_id, spec)
         if (snap / ".complete").exists():
@@ -186,6 +212,12 @@ def override(recipe: dict, kind: str, steps: int, cpu_batch: bool, resolution: i
             put(r, "gradient_accumulation_steps", 1)
         if resolution:
             put(r, "resolution", resolution)
+        if cpu_batch and kind == "grpo":  # the smallest group (2 images of one prompt), one inner epoch
+            put(r, "group_size", 2)
+            put(r, "groups_per_step", 1)
+            put(r, "inner_epochs", 1)
+        if rollout and kind == "grpo":
+            put(r, "num_steps", rollout)
         if rollout and kind == "refl":  # the gradient window keeps its share of the rollout, at the same end
             n = r["num_steps"]
             put(r, "num_steps", rollout)
@@ -215,10 +247,13 @@ def command(recipe_path: Path, kind: str, recipe: dict, work: Path, out: Path) -
         return vp + ["train-reward", "--recipe", str(recipe_path), "--data", str(data), "--out", str(out)]
     if kind == "generate":
         return vp + ["generate", str(data), "--recipe", str(recipe_path), "--limit", "1"]
-    if kind == "refl":
+    if kind in ("refl", "grpo"):
         reward = work / "vp-score-clip-lora"
         if not (reward / "vpscore_config.json").exists():
-            raise SystemExit(f"rehearse reward/vp-score-clip-lora.yaml first: ReFL uses its output {reward}")
+            raise SystemExit(f"rehearse reward/vp-score-clip-lora.yaml first: ReFL and GRPO use its output {reward}")
+        if kind == "grpo":
+            return vp + ["rl", "grpo", "--recipe", str(recipe_path), "--reward", str(reward), "--prompts", str(data),
+                         "--out", str(out)]
         return vp + ["rl", "refl", "--recipe", str(recipe_path), "--reward", str(reward), "--prompts", str(data),
                      "--pretrain-data", str(data), "--out", str(out)]
     return vp + ["rl", "dpo", "--recipe", str(recipe_path), "--data", str(data), "--out", str(out)]
@@ -229,7 +264,7 @@ def run_one(cache: Path, recipe_file: str, steps: int, cpu_batch: bool, work: Pa
     path = (REPO / recipe_file) if not Path(recipe_file).exists() else Path(recipe_file)
     recipe = yaml.safe_load(path.read_text())
     kind = ("reward" if path.parent.name == "reward" else "generate" if "generators" in recipe
-            else "refl" if "t_lo" in recipe else "dpo")
+            else "refl" if "t_lo" in recipe else "grpo" if "group_size" in recipe else "dpo")
     r, changed = override(recipe, kind, steps, cpu_batch, resolution, rollout)
     tmp = work / "recipes" / path.name
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +282,7 @@ def run_one(cache: Path, recipe_file: str, steps: int, cpu_batch: bool, work: Pa
     res = {"recipe": recipe_file, "kind": kind, "ok": p.returncode == 0, "wall_s": round(wall, 1),
            "peak_rss_gib": round(peak / 2**20, 2), "overrides": changed}
     log = out / "metrics.jsonl"
-    if kind in ("refl", "dpo") and log.exists():
+    if kind in ("refl", "dpo", "grpo") and log.exists():
         rows = [json.loads(x) for x in log.read_text().splitlines()]
         starts = [i for i, x in enumerate(rows) if x.get("phase") == "before"]
         rows = rows[starts[-1]:] if starts else rows  # this run's rows (an earlier, stopped one may precede)
@@ -269,6 +304,8 @@ def run_one(cache: Path, recipe_file: str, steps: int, cpu_batch: bool, work: Pa
 ALL = ["reward/vp-score-clip-lora.yaml", "reward/vp-score-blip.yaml", "reward/vp-score-siglip-qlora.yaml",
        "rl/dpo-sd15.yaml", "rl/refl-sd15.yaml", "rl/dpo-sdxl.yaml", "rl/refl-sdxl.yaml",
        "rl/generators-visionprefer.yaml"]
+FLOW = ["rl/dpo-sd35m.yaml", "rl/refl-sd35m.yaml", "rl/grpo-sd35m.yaml", "rl/dpo-flux-dev.yaml", "rl/refl-flux-dev.yaml",
+        "rl/grpo-flux-dev.yaml", "rl/generators-flow.yaml"]
 
 
 def main() -> None:
@@ -278,19 +315,19 @@ def main() -> None:
     b.add_argument("--cache", type=Path, default=REPO / ".cache" / "rehearsal")
     b.add_argument("--only", nargs="*", help="hub ids to build (default: all)")
     r = sub.add_parser("run", help="run recipes against the cache, offline")
-    r.add_argument("recipes", nargs="+", help="recipe files, or 'all'")
+    r.add_argument("recipes", nargs="+", help="recipe files, 'all' (reward, SD, SDXL) or 'flow' (SD 3.5 M, FLUX)")
     r.add_argument("--cache", type=Path, default=REPO / ".cache" / "rehearsal")
     r.add_argument("--work", type=Path, default=None, help="outputs (default: a temporary folder)")
     r.add_argument("--steps", type=int, default=2)
     r.add_argument("--cpu-batch", action="store_true", help="reward: batch 2, RL: batch 1; no accumulation (CPU)")
     r.add_argument("--resolution", type=int, help="RL: train at this size; generate: at most this size (CPU)")
     r.add_argument("--rollout", type=int, help="ReFL: scheduler steps of the rollout (the gradient window "
-                                              "keeps its share, at the end)")
+                                              "keeps its share, at the end); GRPO: its rollout's num_steps")
     a = ap.parse_args()
     if a.cmd == "build":
         build(a.cache.resolve(), a.only)
         return
-    recipes = ALL if a.recipes == ["all"] else a.recipes
+    recipes = {"all": ALL, "flow": FLOW}.get(a.recipes[0], a.recipes) if len(a.recipes) == 1 else a.recipes
     work = a.work or Path(tempfile.mkdtemp(prefix="rehearse-"))
     work.mkdir(parents=True, exist_ok=True)
     for rf in recipes:

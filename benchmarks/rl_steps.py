@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,15 +19,25 @@ VARIANTS = [("lora", True, False), ("lora+ckpt", True, True), ("full", False, Fa
 
 
 
+SD35M = "stabilityai/stable-diffusion-3.5-medium"
+# SD 3.5 Medium on a 24 GB CPU machine in fp32 (full fine-tuning's AdamW state included): the transformer's first
+# 4 of 24 layers (all four with its dual attention, as the real layers 0-12) and T5-XXL's 2 of 24 layers, both
+# at their real widths; CLIP-L, CLIP-G and the VAE whole.
+SD35M_CPU = {"transformer": {"num_layers": 4, "dual_attention_layers": [0, 1, 2, 3]}, "text_encoder_3": {"num_layers": 2}}
+ARCHS = ["tiny", "tiny-sdxl", "tiny-sd3", "sd15", "sdxl", "sd35m", "sd35m-cpu"]
+
+
 def build_pipe(arch: str, folder: Path):
     from vprefer.diffusion import load_pipeline
-    from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sdxl
+    from vprefer.testing.tiny_pipelines import make_tiny_sd, make_tiny_sd3, make_tiny_sdxl
 
-    if arch in ("tiny", "tiny-sdxl"):
-        (make_tiny_sd if arch == "tiny" else make_tiny_sdxl)(folder)
+    if arch.startswith("tiny"):
+        {"tiny": make_tiny_sd, "tiny-sdxl": make_tiny_sdxl, "tiny-sd3": make_tiny_sd3}[arch](folder)
         return load_pipeline(str(folder), device="cuda" if torch.cuda.is_available() else "cpu")
     if arch == "sdxl":
         return sdxl_pipe(folder)
+    if arch.startswith("sd35m"):
+        return sdxl_pipe(folder, SD35M, SD35M_CPU if arch == "sd35m-cpu" else None)
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -49,32 +60,53 @@ def build_pipe(arch: str, folder: Path):
     return pipe.to("cuda" if torch.cuda.is_available() else "cpu", dtype)
 
 
-def sdxl_pipe(folder: Path):
-    """The SDXL base architecture of ``benchmarks/hub_configs.yaml`` with random weights, made in memory
-    (on the GPU when there is one: writing and reading back its ~14 GB of fp32 weights would take longer than
-    the updates timed), in bf16 there, with the rehearsal's char-level tokenizers."""
+def sdxl_pipe(folder: Path, hub_id: str = "stabilityai/stable-diffusion-xl-base-1.0", reduce: dict | None = None):
+    """The architecture ``hub_id`` of ``benchmarks/hub_configs.yaml`` (SDXL base, SD 3.5 Medium) with random
+    weights, made in memory (on the GPU when there is one: writing and reading back its fp32 weights would take
+    longer than the updates timed), in bf16 there, with the rehearsal's char-level tokenizers. ``reduce``
+    replaces config keys per part (fewer layers on a CPU), and is printed; the hub config's own ``rehearsal``
+    reductions apply only on a CPU (on a GPU, T5-XXL is built whole)."""
     import diffusers
     import transformers
     import yaml
 
-    from rehearse import CONFIGS, clip_tokenizer
+    from rehearse import CONFIGS, clip_tokenizer, t5_tokenizer
 
-    spec = yaml.safe_load(CONFIGS.read_text())["stabilityai/stable-diffusion-xl-base-1.0"]
+    spec = yaml.safe_load(CONFIGS.read_text())[hub_id]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cuts = {} if dev == "cuda" else dict(spec.get("rehearsal") or {})
+    for part, keys in (reduce or {}).items():
+        cuts[part] = {**cuts.get(part, {}), **keys}
+    spec.pop("rehearsal", None)
+    for part, keys in cuts.items():
+        spec[part] = {**spec[part], **keys}
+    if cuts:
+        print(f"reduced: {json.dumps(cuts)}", file=sys.stderr)
     parts = {}
     with torch.device(dev):
-        for name in ("text_encoder", "text_encoder_2"):
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "unet", "vae"):
+            if name not in spec:
+                continue
             cfg = dict(spec[name])
-            cls = getattr(transformers, cfg.pop("class"))
-            parts[name] = cls(transformers.CLIPTextConfig(**cfg))
-        parts["unet"] = diffusers.UNet2DConditionModel(**spec["unet"])
-        parts["vae"] = diffusers.AutoencoderKL(**spec["vae"])
-    for name in ("tokenizer", "tokenizer_2"):
-        clip_tokenizer(folder / name, spec[name])
-        parts[name] = transformers.CLIPTokenizer.from_pretrained(folder / name)
+            if name.startswith("text_encoder"):
+                cls = getattr(transformers, cfg.pop("class"))
+                parts[name] = cls(cls.config_class(**cfg))
+                if dev == "cuda":  # frozen: bf16 before the next part is built (T5-XXL is 19 GB in fp32)
+                    parts[name].to(torch.bfloat16)
+            else:
+                cls = getattr(diffusers, cfg.pop("class", "UNet2DConditionModel" if name == "unet" else "AutoencoderKL"))
+                parts[name] = cls(**cfg)
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        if name in spec:
+            if spec[name]["kind"] == "t5":
+                t5_tokenizer(folder / name, spec[name])
+                parts[name] = transformers.T5TokenizerFast.from_pretrained(folder / name)
+            else:
+                clip_tokenizer(folder / name, spec[name])
+                parts[name] = transformers.CLIPTokenizer.from_pretrained(folder / name)
     sch = dict(spec["scheduler"])
     parts["scheduler"] = getattr(diffusers, sch.pop("class"))(**sch)
-    pipe = diffusers.StableDiffusionXLPipeline(**parts)
+    pipe = getattr(diffusers, spec["pipeline"])(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev, torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
@@ -85,7 +117,9 @@ def run_variant(loop: str, arch: str, variant: str, steps: int) -> dict:
 
     _, lora, ckpt = next(v for v in VARIANTS if v[0] == variant)
     tiny = arch.startswith("tiny")
-    res = 32 if tiny else 1024 if arch == "sdxl" else 512
+    res = 32 if tiny else 1024 if arch == "sdxl" else 256 if arch == "sd35m-cpu" else 512
+    # rollout of the ReFL update: 40 steps, gradient at 30-39 (the recipes'); tiny and the CPU SD 3.5 M: 10, at 7-9
+    n, lo, hi = (10, 6, 9) if tiny else (10, 7, 9) if arch == "sd35m-cpu" else (40, 30, 39)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pipe = build_pipe(arch, tmp / "pipe")
@@ -93,7 +127,8 @@ def run_variant(loop: str, arch: str, variant: str, steps: int) -> dict:
                       use_lora=lora, gradient_checkpointing=ckpt, learning_rate=1e-4, per_device_train_batch_size=2 if tiny else 1,
                       eval_prompts=[], logging_steps=1, save_steps=0, report_to=[], bf16=torch.cuda.is_available())
         if loop == "refl":
-            cfg = ReFLConfig(**common, num_steps=10 if tiny else 40, t_lo=6 if tiny else 30, t_hi=9 if tiny else 39, train_guidance_scale=1.0, reward_aspects={"redness": 1.0})
+            cfg = ReFLConfig(**common, num_steps=n, t_lo=lo, t_hi=hi, train_guidance_scale=1.0,
+                             reward_aspects={"redness": 1.0})
             tr = ReFLTrainer(cfg, pipe=pipe, prompts=["a red cube"], reward=RednessReward())
         else:
             for k in range(4):
@@ -114,14 +149,15 @@ def run_variant(loop: str, arch: str, variant: str, steps: int) -> dict:
         peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         trainable = sum(p.numel() for p in tr.params)
-    return {"variant": variant, "step_s": dt, "peak_mib": round(peak), "trainable": trainable}
+    return {"variant": variant, "step_s": dt, "peak_mib": round(peak), "trainable": trainable,
+            "resolution": res, **({"rollout": [n, lo, hi]} if loop == "refl" else {})}
 
 
 def main(loop: str, script: str) -> None:
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="tiny", choices=["tiny", "tiny-sdxl", "sd15", "sdxl"])
+    ap.add_argument("--arch", default="tiny", choices=ARCHS)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args()

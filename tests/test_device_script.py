@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "device.py"
 FIGURES = ["score-clip-l", "cache-clip-l", "reward-full", "reward-lora", "reward-qlora-4bit", "refl-sdxl", "dpo-sdxl",
-           "annotate", "generate-sd15", "refl-sd15-lora", "refl-sd15-full", "dpo-sd15-lora", "dpo-sd15-full", "fsdp"]
+           "annotate", "generate-sd15", "flow-sd35m", "fsdp"]
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import device  # noqa: E402

@@ -77,15 +77,23 @@ def make_tiny_sdxl(out: str | Path, *, sample_size: int = 16, seed: int = 0) -> 
     return out
 
 
-def _tiny_t5(out: Path, d_model: int):
-    """A tiny T5 encoder and a character-level Unigram T5 tokenizer built in memory (no sentencepiece file)."""
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+def char_t5_tokenizer(model_max_length: int = 32):
+    """A character-level Unigram T5 tokenizer built in memory (no sentencepiece file) with T5's special-token
+    ids (pad 0, eos 1, unk 2): the tiny pipelines' and the full-size rehearsal's (``benchmarks/rehearse.py``)."""
+    from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
     pieces += [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.-'"]
     pieces += [("\u2581" + c, -1.5) for c in "abcdefghijklmnopqrstuvwxyz"]
-    tok = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=32)
-    te = T5EncoderModel(T5Config(vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1,
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def _tiny_t5(out: Path, d_model: int):
+    """A tiny T5 encoder and :func:`char_t5_tokenizer`."""
+    from transformers import T5Config, T5EncoderModel
+
+    tok = char_t5_tokenizer(32)
+    te = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1,
                                  num_heads=2, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
                                  decoder_start_token_id=0))
     return tok, te
