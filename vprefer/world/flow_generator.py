@@ -105,7 +105,7 @@ def encode(encoders, ids: torch.Tensor, t5_tokens: int = T5_TOKENS) -> tuple[tor
 def train_transformer(tr, encoders, tokenizer, latents, captions, cfg: FlowPretrainConfig, log=None):
     """Rectified flow, velocity target ``noise - x0``; the text encoders train with the transformer. Returns the
     losses and the EMA weights (transformer's, then each encoder's)."""
-    from vprefer.world.generator import WARMUP, _ema_decay
+    from vprefer.world.generator import WARMUP, optimise
 
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
@@ -126,13 +126,7 @@ def train_transformer(tr, encoders, tokenizer, latents, captions, cfg: FlowPretr
         emb, pooled = encode(encoders, ids[idx])
         pred = tr(hidden_states=xt, timestep=s * 1000, encoder_hidden_states=emb, pooled_projections=pooled).sample
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - _ema_decay(step))
-        losses.append(loss.item())
+        losses.append(optimise(opt, loss, params, ema, step))
         if log and (step % 100 == 0 or step == cfg.steps - 1):
             log(f"transformer step {step}: loss {np.mean(losses[-100:]):.4f}")
     tr.eval(), [te.eval() for te in encoders]

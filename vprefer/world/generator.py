@@ -200,6 +200,18 @@ def _ema_decay(step: int) -> float:
     return min(EMA_DECAY, (1 + step) / (10 + step))
 
 
+def optimise(opt, loss: torch.Tensor, params, ema, step: int) -> float:
+    """One step of a world pretraining: AdamW with the gradient norm clipped to 1, then the EMA weights moved
+    (the SD-architecture and the rectified-flow generators train the same way). Returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - _ema_decay(step))
+    return loss.item()
+
+
 def train_vae(vae, pixels: torch.Tensor, cfg: PretrainConfig, log=None) -> float:
     """A short autoencoder fit (MSE plus a tiny KL, as SD's VAE): the world is flat colour, so a one-step
     downsampling VAE reconstructs it well within a few hundred steps. Returns the latents' scaling factor."""
@@ -254,13 +266,7 @@ def train_unet(unet, te, tokenizer, latents, captions, sched, cfg: PretrainConfi
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=te(ids[idx])[0]).sample
         loss = F.mse_loss(pred, sched.get_velocity(x0, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - _ema_decay(step))
-        losses.append(loss.item())
+        losses.append(optimise(opt, loss, params, ema, step))
         if log and (step % 100 == 0 or step == cfg.steps - 1):
             log(f"unet step {step}: loss {np.mean(losses[-100:]):.4f}")
         if at_step is not None:
