@@ -1,0 +1,57 @@
+"""GRPO rollouts: images/s with every transition's log-probability kept ÷ the same pipeline's plain sampling
+(issue 31; goal >= 0.8), measured in one run on the world's generators (SD-architecture: DDIM with eta 1;
+SD3-architecture: the flow SDE), same prompts, steps, guidance and batch.
+
+    python benchmarks/grpo_rollout.py [--images 16] [--steps 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from vprefer.rl import GRPOConfig, GRPOTrainer
+    from vprefer.rl.common import config_from_yaml
+    from vprefer.testing.toy_rewards import RednessReward
+    from vprefer.world.models import copy_shipped
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, recipe in (("sd", "grpo-world"), ("sd3", "grpo-world-flow")):
+            base = copy_shipped(kind, Path(tmp) / f"world-{kind}")
+            groups = max(1, args.images // 8)
+            cfg = config_from_yaml(GRPOConfig, recipe, output_dir=str(Path(tmp) / kind), pretrained=str(base),
+                                   num_steps=args.steps, group_size=8, groups_per_step=groups, report_to=[],
+                                   reward_aspects={"redness": 1.0}, create_tiny_if_missing=False)
+            tr = GRPOTrainer(cfg, prompts=["a red circle on a blue background"], reward=RednessReward())
+            n = 8 * groups
+            prompts = ["a red circle on a blue background"] * n
+            tr.rollout()  # warm-up
+            t = time.perf_counter()
+            for _ in range(args.repeats):
+                tr.rollout()
+            roll = (time.perf_counter() - t) / args.repeats
+            with torch.no_grad():
+                tr.pipe(prompts, num_inference_steps=args.steps, guidance_scale=cfg.train_guidance_scale,
+                        height=cfg.resolution, width=cfg.resolution, output_type="pt")
+                t = time.perf_counter()
+                for _ in range(args.repeats):
+                    tr.pipe(prompts, num_inference_steps=args.steps, guidance_scale=cfg.train_guidance_scale,
+                            height=cfg.resolution, width=cfg.resolution, output_type="pt")
+                plain = (time.perf_counter() - t) / args.repeats
+            print(f"{kind}: {n} images x {args.steps} steps: rollout with log-probs {n / roll:.1f} images/s, plain "
+                  f"sampling {n / plain:.1f} images/s, ratio {plain / roll:.2f} (goal >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
