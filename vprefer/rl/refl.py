@@ -39,8 +39,8 @@ class ReFLConfig(DiffusionTrainingConfig):
         if self.num_steps < 1 or not 0 <= self.t_lo <= self.t_hi < self.num_steps:
             raise RecipeError(f"need 0 <= t_lo <= t_hi < num_steps (the rollout's scheduler steps), got t_lo={self.t_lo}, "
                               f"t_hi={self.t_hi}, num_steps={self.num_steps}")
-        if self.train_guidance_scale < 0 or self.grad_scale <= 0 or self.pretrain_weight < 0:
-            raise RecipeError(f"need train_guidance_scale >= 0, grad_scale > 0 and pretrain_weight >= 0, got "
+        if self.train_guidance_scale < 0 or self.grad_scale < 0 or self.pretrain_weight < 0:
+            raise RecipeError(f"need train_guidance_scale >= 0, grad_scale >= 0 (0: the regulariser alone, the closed loop's control) and pretrain_weight >= 0, got "
                               f"{self.train_guidance_scale}, {self.grad_scale}, {self.pretrain_weight}")
         super().__post_init__()
 
