@@ -76,6 +76,7 @@ class Rollout:
     nexts: list[torch.Tensor]
     old_lp: torch.Tensor  # (steps, B)
     pixels: torch.Tensor
+    cond: object = None  # the prompts' conditioning, encoded once for the rollout and reused by the updates
     advantages: torch.Tensor | None = None
 
 
@@ -136,7 +137,7 @@ class GRPOTrainer(DiffusionTrainerBase):
             nxt, lp, _, _ = self.transition(self._predict(x, i, cond), i, x, generator=self.gen)
             xs.append(x), nexts.append(nxt.to(x.dtype)), lps.append(lp)
             x = nexts[-1]
-        return Rollout(prompts, groups, xs, nexts, torch.stack(lps), decode(self.pipe, x).float().clamp(0, 1))
+        return Rollout(prompts, groups, xs, nexts, torch.stack(lps), decode(self.pipe, x).float().clamp(0, 1), cond)
 
     def advantages(self, roll: Rollout) -> dict:
         """Rewards of every process's images, normalised within each prompt's group, this process's share back."""
@@ -172,7 +173,7 @@ class GRPOTrainer(DiffusionTrainerBase):
         lr = self.lr_sched.get_last_lr()[0]
         roll = self.rollout()
         m = self.advantages(roll)
-        cond = encode(self.pipe, roll.prompts, cfg=c.train_guidance_scale > 1, size=c.resolution)
+        cond = roll.cond
         stats: list[dict] = []
         for epoch in range(c.inner_epochs):
             subset = timestep_subset(len(roll.xs), c.timestep_fraction, self.gen).tolist()
