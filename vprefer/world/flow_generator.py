@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vprefer.diffusion.flow import shifted
 from vprefer.errors import InputError
 
 SHIFT = 3.0  # SD3's scheduler shift
@@ -63,11 +64,6 @@ class FlowPretrainConfig:
                 raise InputError(f"pretrain-flow-generator: {k} must be at least 1 (got {getattr(self, k)})")
         if self.shift <= 0:
             raise InputError(f"pretrain-flow-generator: shift must be positive (got {self.shift})")
-
-
-def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """The scheduler's timestep shift applied to sigmas in [0, 1] (FlowMatchEulerDiscreteScheduler, static)."""
-    return shift * u / (1 + (shift - 1) * u)
 
 
 def build_parts(cfg: FlowPretrainConfig, vocab: int, max_tokens: int):
