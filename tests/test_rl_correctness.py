@@ -15,7 +15,7 @@ import vprefer.rl.dpo as dpo_mod
 import vprefer.rl.refl as refl_mod
 from vprefer.diffusion import encode_images, load_pipeline
 from vprefer.rl import DiffusionDPOConfig, DiffusionDPOTrainer, ReFLConfig, ReFLTrainer
-from vprefer.rl.common import load_reward
+from vprefer.rl.rewards import load_reward
 from vprefer.rl.noising import noise_target, rollout_scheduler, training_scheduler
 from vprefer.testing.toy_rewards import RednessReward
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from vprefer.diffusion import decode, encode, load_pipeline, predict_noise
 from vprefer.rl import DiffusionDPOTrainer, ReFLTrainer
-from vprefer.rl.common import weighted_reward
+from vprefer.rl.rewards import weighted_reward
 from vprefer.rl.losses import noise_mse
 from vprefer.rl.noising import sample_timesteps
 from vprefer.testing.toy_rewards import RednessReward

@@ -21,6 +21,10 @@ def _report(history: list[dict], out_dir: Path) -> None:
     after = next((h for h in history if h.get("phase") == "after"), {})
     for k in sorted(k for k in after if k.startswith("eval/")):
         out.print(f"  {k}: {before.get(k, float('nan')):+.4f} -> {after[k]:+.4f}")
+    stopped = next((h["reason"] for h in history if h.get("phase") == "stopped"), None)
+    if stopped or after.get("hacking/diverged"):
+        out.print(f"[yellow]{stopped or 'reward hacking: the held-out reward fell while the training reward rose'}"
+                  "[/yellow] (hacking/* in metrics.jsonl)")
     out.print(f"LoRA saved to {out_dir} (pipe.load_lora_weights('{out_dir}')); grids in {out_dir}/eval, "
               f"metrics in {out_dir}/metrics.jsonl, TensorBoard in {out_dir}/logs")
 
@@ -33,8 +37,9 @@ def refl_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the LoRA, checkpoints and metrics.jsonl."),
     pretrain_data: Optional[Path] = typer.Option(None, "--pretrain-data", help="Run with real (prompt, image) pairs for "
                                                  "the noise-MSE regulariser (recommended)."),
-    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward, evaluated only "
-                                                 "(exposes reward hacking)."),
+    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward never trained on (VP-Score "
+                                                 "folder, http://judge, module:function), scored on the eval prompts: "
+                                                 "the reward-hacking watch (hacking_patience, stop_on_hacking)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
     overrides: Optional[List[str]] = overrides_argument(),
@@ -70,8 +75,9 @@ def dpo_cmd(
                                             "`vprefer info RUN`); needed when the run holds several annotators' "
                                             "pairs. Overrides the recipe's annotators."),
     reward: Optional[str] = typer.Option(None, "--reward", help="VP-Score for periodic evaluation (optional)."),
-    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward, evaluated only "
-                                                 "(exposes reward hacking)."),
+    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward never trained on (VP-Score "
+                                                 "folder, http://judge, module:function), scored on the eval prompts: "
+                                                 "the reward-hacking watch (hacking_patience, stop_on_hacking)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
     overrides: Optional[List[str]] = overrides_argument(),

@@ -20,8 +20,9 @@ def grpo_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the LoRA, checkpoints and metrics.jsonl."),
     reward: Optional[str] = typer.Option(None, "--reward", help="A VP-Score folder or hub id, weighted by the recipe's "
                                          "reward_aspects; used when the recipe has no `rewards:` list."),
-    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second VP-Score, evaluated only "
-                                                 "on the eval prompts (exposes reward hacking)."),
+    holdout_reward: Optional[str] = typer.Option(None, "--holdout-reward", help="A second reward never trained on (VP-Score "
+                                                 "folder, http://judge, module:function), scored on the eval prompts: "
+                                                 "the reward-hacking watch (hacking_patience, stop_on_hacking)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override the recipe's max_steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT/checkpoints."),
     overrides: Optional[List[str]] = overrides_argument(),

@@ -25,7 +25,9 @@ from vprefer.recipes import RecipeError, load_config
 from vprefer.diffusion import add_lora, for_pipeline, grid, load_pipeline, save_lora, save_unet, stand_in_must_exist
 from vprefer.diffusion.flow import DENSITIES
 from vprefer.dist import params_in_sync
+from vprefer.rl.hacking import HackingMonitor
 from vprefer.rl.ranks import RankStreams, mean_over_processes
+from vprefer.rl.rewards import load_reward, weighted_reward
 
 
 def frozen_dtype(config, cuda: bool) -> torch.dtype | None:
@@ -72,6 +74,10 @@ class DiffusionTrainingConfig(TrainingArguments):
                                                                          "its resolution-dependent exp(mu)); 1 = none"})
     embedded_guidance: float = field(default=3.5, metadata={"help": "FLUX.1-dev's guidance embedding in training "
                                                                     "forwards and rollouts (no CFG there)"})
+    hacking_patience: int = field(default=2, metadata={"help": "evaluations the held-out reward may stay below its "
+                                                               "best while the training reward is above its value "
+                                                               "there before a reward-hacking warning (0 = never)"})
+    stop_on_hacking: bool = field(default=False, metadata={"help": "end the run at that warning (weights saved)"})
 
     def __post_init__(self):
         # what a user can get wrong, checked before any pipeline or reward loads (one line naming the key)
@@ -85,6 +91,9 @@ class DiffusionTrainingConfig(TrainingArguments):
                  (self.logit_std > 0, "logit_std must be > 0"),
                  (self.timestep_shift is None or self.timestep_shift > 0, "timestep_shift must be > 0 or null"),
                  (self.embedded_guidance >= 0, "embedded_guidance must be >= 0"),
+                 (self.hacking_patience >= 0, "hacking_patience must be >= 0 (0 = never warn)"),
+                 (not self.stop_on_hacking or (self.eval_every > 0 and self.eval_prompts and self.hacking_patience),
+                  "stop_on_hacking needs eval_every > 0, eval_prompts and hacking_patience >= 1"),
                  (bool(self.reward_aspects) and all(isinstance(w, (int, float)) for w in self.reward_aspects.values()),
                   "reward_aspects must map aspect names to numeric weights, e.g. {overall: 1.0}")]
         for ok, why in check:
@@ -106,33 +115,10 @@ def config_from_yaml(cls, path: str | Path, **overrides):
     return load_config(cls, path, "rl", **overrides)
 
 
-def load_reward(spec) -> object | None:
-    """A reward: a VP-Score folder/hub id, or any object with ``score_pixels`` and ``aspects``."""
-    if spec is None:
-        return None
-    if hasattr(spec, "score_pixels"):
-        if isinstance(spec, torch.nn.Module):  # a reward passed as an object is frozen too: no stray grads
-            spec.requires_grad_(False).eval()
-        return spec
-    from vprefer.reward import VPScore
-
-    rm = VPScore.from_pretrained(spec)
-    rm.requires_grad_(False)
-    return rm
-
-
-def weighted_reward(reward, prompts: Sequence[str], pixels: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
-    aspects = [a for a in weights if a in reward.aspects]
-    if not aspects:
-        raise RecipeError(f"reward_aspects {list(weights)} match none of the reward's aspects {reward.aspects}")
-    r = reward.score_pixels(list(prompts), pixels, aspects=aspects)
-    w = torch.tensor([weights[a] for a in aspects], device=r.device, dtype=r.dtype)
-    return (r * w).sum(1) / w.abs().sum()
-
-
 class DiffusionTrainerBase:
     config: DiffusionTrainingConfig
     ref = None  # a frozen copy of the denoiser for loops that need a reference under a full fine-tune
+    stopped: str | None = None  # why the run ended before max_steps (stop_on_hacking)
 
     def __init__(self, config: DiffusionTrainingConfig, *, pipe=None, reward=None, holdout_reward=None,
                  callbacks: Sequence[Callable[[int, dict], None]] = ()):
@@ -304,9 +290,20 @@ class DiffusionTrainerBase:
                 s = rm.score_pixels(list(prompts), imgs.to(self.acc.device))
                 for k, a in enumerate(rm.aspects):
                     m[f"eval/{name}/{a}"] = s[:, k].mean().item()
+                if name == "holdout_reward":  # the recipe's aspects where the held-out reward has them, else all
+                    ks = [k for k, a in enumerate(rm.aspects) if a in self.config.reward_aspects] or range(len(rm.aspects))
+                    w = [self.config.reward_aspects.get(rm.aspects[k], 1.0) for k in ks]
+                    m["eval/holdout_reward"] = sum(wi * s[:, k].mean().item() for wi, k in zip(w, ks)) / sum(map(abs, w))
+        m.update(self.train_objective(list(prompts), imgs.to(self.acc.device)))
         if len(prompts) > 1:  # diversity across prompts: falls under mode collapse (undefined for one prompt)
             m["eval/pixel_std"] = imgs.std(0).mean().item()
         return m
+
+    def train_objective(self, prompts: list[str], imgs: torch.Tensor) -> dict:
+        """``eval/train_reward``: what the loop optimises, on the eval images (the hacking monitor's first half)."""
+        if self.reward is None:
+            return {}
+        return {"eval/train_reward": weighted_reward(self.reward, prompts, imgs, self.config.reward_aspects).mean().item()}
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Path:
@@ -348,7 +345,8 @@ class DiffusionTrainerBase:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "vprefer_rl.json").write_text(json.dumps(
                 {"loop": type(self).__name__, "family": self.fam.name, "pretrained": self.config.pretrained, "resolution": self.config.resolution,
-                 "use_lora": self.config.use_lora, "steps": self.step_no, **self.provenance()}, indent=2))
+                 "use_lora": self.config.use_lora, "steps": self.step_no, **self.provenance(),
+                 **({"stopped": self.stopped} if self.stopped else {})}, indent=2))
             if self.config.use_lora:
                 return save_lora(self.pipe, self.out, state)
             return save_unet(self.acc.unwrap_model(self.unet), state, out)
@@ -368,21 +366,39 @@ class DiffusionTrainerBase:
         if resume:
             self.resume()
         c = self.config
-        if self.step_no == 0:
-            self.log({"phase": "before", **self.evaluate("before")})
+        self.monitor = HackingMonitor(c.hacking_patience)
+        if self.step_no:
+            self.monitor.replay(_this_run(self.out / "metrics.jsonl"), self.step_no)
+        else:
+            m = self.evaluate("before")
+            self.log({"phase": "before", **m, **self.monitor.observe(0, m)})
         while self.step_no < c.max_steps:  # every counter here counts optimizer updates
             metrics = self.update()
             self.step_no += 1
             if self.step_no % max(1, c.logging_steps) == 0 or self.step_no == c.max_steps:
                 self.log(metrics)
             if c.eval_every and self.step_no % c.eval_every == 0 and self.step_no < c.max_steps:
-                self.log(self.evaluate())
+                m = self.evaluate()
+                self.log({**m, **self.monitor.observe(self.step_no, m)})
+                if self.monitor.signal and c.stop_on_hacking:
+                    self.stopped = f"stopped at step {self.step_no} of {c.max_steps}: {self.monitor.signal}"
+                    self.log({"phase": "stopped", "reason": self.stopped})
+                    break
             if c.save_steps and self.step_no % int(c.save_steps) == 0:
                 self.checkpoint()
-        self.log({"phase": "after", **self.evaluate("after"), **self.sync_check()})
+        m = self.evaluate("after")
+        self.log({"phase": "after", **m, **({} if self.stopped else self.monitor.observe(self.step_no, m)),
+                  **self.sync_check()})
         self.save()
         # every rank waits for the main one to finish writing, then all tear down together: a rank that
         # destroys its process group while a peer is still busy leaves the peer's teardown waiting on it
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return self.history
+
+
+def _this_run(log: Path) -> list[dict]:
+    """``metrics.jsonl``'s rows from its last ``before`` evaluation on (an earlier run in the folder may precede)."""
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+    starts = [i for i, r in enumerate(rows) if r.get("phase") == "before"]
+    return rows[starts[-1]:] if starts else rows

@@ -12,8 +12,9 @@ of exactly 1 (logged as ``grpo/ratio_first``; a trainer whose recomputed log-pro
 
 Rewards need not be differentiable: a VP-Score, a Python callable, or a judge behind HTTP
 (``vprefer serve-reward``, any server speaking its protocol) all work (``vprefer.rl.rewards``). Evaluation
-(before/after grids, the reward and the held-out reward on eval prompts) is the base trainer's, so reward
-hacking shows as the training reward rising while the held-out one does not.
+(before/after grids, the reward list and the held-out reward on eval prompts) is the base trainer's, so reward
+hacking shows as the training reward rising while the held-out one falls: ``vprefer.rl.hacking`` warns and,
+with ``stop_on_hacking``, ends the run there.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class GRPOTrainer(DiffusionTrainerBase):
             self.rewards = load_rewards(config.rewards)
         elif self.reward is not None:
             from vprefer.rl.rewards import LoadedReward
-            from vprefer.rl.common import weighted_reward
+            from vprefer.rl.rewards import weighted_reward
 
             rm, w = self.reward, config.reward_aspects
             self.rewards = [LoadedReward("vpscore", 1.0, lambda p, px: weighted_reward(rm, p, px.to(self.acc.device), w))]
@@ -192,6 +193,14 @@ class GRPOTrainer(DiffusionTrainerBase):
         m["reward/train"] = m.get(f"reward/{self.rewards[0].name}", 0.0)
         m["lr"] = lr
         return m
+
+    def train_objective(self, prompts: list[str], imgs: torch.Tensor) -> dict:
+        """Every reward of the list on the eval images, and their weighted sum as ``eval/train_reward``."""
+        from vprefer.rl.rewards import score_rewards
+
+        means = {k: v.mean().item() for k, v in score_rewards(self.rewards, prompts, imgs).items()}
+        total = sum(self.weights[k] * v for k, v in means.items()) / (sum(map(abs, self.weights.values())) or 1.0)
+        return {**{f"eval/train/{k}": v for k, v in means.items()}, "eval/train_reward": total}
 
     def provenance(self) -> dict:
         return {"rewards": [r.name for r in self.rewards], "group_size": self.config.group_size,

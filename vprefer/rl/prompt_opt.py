@@ -153,7 +153,7 @@ class PromptOptTrainer:
 
     def __init__(self, config: PromptOptConfig, *, prompts: Sequence[str], reward, pipe=None, holdout_reward=None):
         from vprefer.diffusion import load_pipeline, stand_in_must_exist
-        from vprefer.rl.common import load_reward
+        from vprefer.rl.rewards import load_reward
 
         if not prompts:
             raise RecipeError("prompt optimisation needs prompts to rewrite")

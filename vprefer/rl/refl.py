@@ -16,7 +16,8 @@ from typing import Sequence
 
 import torch
 
-from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, flow_knobs, weighted_reward
+from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig, flow_knobs
+from vprefer.rl.rewards import weighted_reward
 from vprefer.rl.losses import noise_mse, refl_loss
 from vprefer.rl.noising import noise_target, rollout_scheduler, sample_timesteps, training_scheduler
 from vprefer.diffusion import decode, encode, encode_images, load_pixels

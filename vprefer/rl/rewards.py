@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from vprefer.errors import InputError, ServiceError
-from vprefer.recipes import Recipe
+from vprefer.recipes import Recipe, RecipeError
 from vprefer.secrets import redact_url
 
 _CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -162,10 +162,49 @@ def load_reward_spec(spec: RewardSpec) -> LoadedReward:
     elif spec.kind == "python":
         fn = _python_fn(spec)
     else:
-        from vprefer.rl.common import load_reward
-
         fn = _score_pixels_fn(load_reward(spec.source), spec.aspects, spec.batch_size)
     return LoadedReward(spec.label(), spec.weight, fn, spec)
+
+
+def load_reward(spec) -> object | None:
+    """A reward to evaluate or to train ReFL on: a VP-Score folder/hub id, any object with ``score_pixels`` and
+    ``aspects``, or (scored only, no gradient) ``http(s)://`` / ``module:function`` as in a ``rewards:`` list,
+    so a judge behind ``vprefer serve-reward`` can be the held-out reward that watches for reward hacking."""
+    if spec is None:
+        return None
+    if hasattr(spec, "score_pixels"):
+        if isinstance(spec, torch.nn.Module):  # a reward passed as an object is frozen too: no stray grads
+            spec.requires_grad_(False).eval()
+        return spec
+    if RewardSpec(source=str(spec)).kind != "vpscore":
+        return _SpecScorer(load_reward_spec(RewardSpec(source=str(spec))))
+    from vprefer.reward import VPScore
+
+    rm = VPScore.from_pretrained(spec)
+    rm.requires_grad_(False)
+    return rm
+
+
+class _SpecScorer:
+    """A list reward seen through the ``score_pixels`` interface (one aspect, ``reward``)."""
+
+    aspects = ["reward"]
+
+    def __init__(self, reward: "LoadedReward"):
+        self.reward = reward
+
+    def score_pixels(self, prompts, pixels, aspects=None, normalize=True) -> torch.Tensor:
+        return self.reward(prompts, pixels).to(pixels.device)[:, None]
+
+
+def weighted_reward(reward, prompts: Sequence[str], pixels: torch.Tensor, weights: dict[str, float]) -> torch.Tensor:
+    """``reward``'s aspects present in ``weights``, weighted and normalised by the weights' absolute sum."""
+    aspects = [a for a in weights if a in reward.aspects]
+    if not aspects:
+        raise RecipeError(f"reward_aspects {list(weights)} match none of the reward's aspects {reward.aspects}")
+    r = reward.score_pixels(list(prompts), pixels, aspects=aspects)
+    w = torch.tensor([weights[a] for a in aspects], device=r.device, dtype=r.dtype)
+    return (r * w).sum(1) / w.abs().sum()
 
 
 def load_rewards(entries: Sequence[RewardSpec | str | Mapping[str, Any]]) -> list[LoadedReward]:

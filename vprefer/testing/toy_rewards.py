@@ -59,3 +59,8 @@ class PromptColourReward(torch.nn.Module):
 def redness(prompts, pixels):
     """RednessReward as a plain function ``fn(prompts, pixels) -> (B,)``: a reward list's ``module:function``."""
     return RednessReward().score_pixels(prompts, pixels)[:, 0]
+
+
+def not_redness(prompts, pixels):
+    """The negated redness: a held-out reward that disagrees with ``redness`` (reward-hacking tests)."""
+    return -redness(prompts, pixels)
