@@ -1,5 +1,6 @@
 """GRPO rollouts: images/s with every transition's log-probability kept ÷ the same pipeline's plain sampling
-(issue 31; goal >= 0.8), measured in one run on the world's generators (SD-architecture: DDIM with eta 1;
+(issue 31; goal >= 0.8), measured in one run (rollout and plain sampling interleaved, the median of the
+pairs' ratios) on the world's generators (SD-architecture: DDIM with eta 1;
 SD3-architecture: the flow SDE), same prompts, steps, guidance and batch.
 
     python benchmarks/grpo_rollout.py [--images 16] [--steps 10] [--repeats 3]
@@ -8,6 +9,7 @@ SD3-architecture: the flow SDE), same prompts, steps, guidance and batch.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,21 +38,25 @@ def main() -> None:
             tr = GRPOTrainer(cfg, prompts=["a red circle on a blue background"], reward=RednessReward())
             n = 8 * groups
             prompts = ["a red circle on a blue background"] * n
-            tr.rollout()  # warm-up
-            t = time.perf_counter()
-            for _ in range(args.repeats):
-                tr.rollout()
-            roll = (time.perf_counter() - t) / args.repeats
-            with torch.no_grad():
-                tr.pipe(prompts, num_inference_steps=args.steps, guidance_scale=cfg.train_guidance_scale,
-                        height=cfg.resolution, width=cfg.resolution, output_type="pt")
-                t = time.perf_counter()
-                for _ in range(args.repeats):
+            def plain() -> None:
+                with torch.no_grad():
                     tr.pipe(prompts, num_inference_steps=args.steps, guidance_scale=cfg.train_guidance_scale,
                             height=cfg.resolution, width=cfg.resolution, output_type="pt")
-                plain = (time.perf_counter() - t) / args.repeats
+
+            tr.rollout(), plain()  # warm-up
+            rolls, plains = [], []
+            for _ in range(args.repeats):  # interleaved, so a load change on a shared machine hits both alike
+                t = time.perf_counter()
+                tr.rollout()
+                rolls.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                plain()
+                plains.append(time.perf_counter() - t)
+            roll, plain_s = statistics.median(rolls), statistics.median(plains)
+            ratio = statistics.median(p / r for p, r in zip(plains, rolls))
             print(f"{kind}: {n} images x {args.steps} steps: rollout with log-probs {n / roll:.1f} images/s, plain "
-                  f"sampling {n / plain:.1f} images/s, ratio {plain / roll:.2f} (goal >= 0.8)")
+                  f"sampling {n / plain_s:.1f} images/s, ratio {ratio:.2f} (median of {args.repeats} interleaved "
+                  f"pairs; goal >= 0.8)", flush=True)
 
 
 if __name__ == "__main__":

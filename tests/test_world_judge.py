@@ -5,6 +5,8 @@ import base64
 import io
 import random
 
+import pytest
+
 from vprefer.judge_server.scoring import judge
 from vprefer.judge_server.server import Faults, JudgeState, completion
 from vprefer.testing.synthetic import SHAPES as OLD_SHAPES
@@ -131,3 +133,21 @@ def test_end_to_end_pairs_from_the_served_judge_follow_the_truth(tmp_path):
                if truths[w] != truths[lo]]
     agree = sum(a > b for a, b in decided) / len(decided)
     assert len(decided) > 20 and 0.7 < agree < 0.99, (agree, len(decided))
+
+
+def test_the_truth_reward_scores_pixels_as_the_reader_reads_the_images():
+    """The ceiling reward of the closed loop's grpo-gen-truth: share of named attributes right and all-right,
+    from a (B, 3, H, W) batch in [0, 1], as GRPO hands it over."""
+    import numpy as np
+    import torch
+
+    from vprefer.world.judge_check import TruthReward
+
+    asked = Scene("orange", "triangle", "grey", "small")
+    scenes = [asked, Scene("yellow", "triangle", "grey", "small"), Scene("red", "circle", "white", "small")]
+    px = torch.stack([torch.from_numpy(np.asarray(draw(sc, 32, seed=i), dtype=np.float32) / 255).permute(2, 0, 1)
+                      for i, sc in enumerate(scenes)])
+    s = TruthReward().score_pixels([prompt_of(asked)] * 3, px)
+    assert s.shape == (3, 2)
+    assert s[:, 0].tolist() == pytest.approx([1.0, 2 / 3, 0.0]) and s[:, 1].tolist() == [1.0, 0.0, 0.0]
+    assert TruthReward().score_pixels([prompt_of(asked)], px[:1], aspects=["all_right"]).tolist() == [[1.0]]

@@ -111,3 +111,20 @@ class JudgeReward:
             ans = judge(prompt, [Image.fromarray(a)], aspects, 1, 5, 0.0, False, noise=self.noise, seed=self.seed)
             rows.append([float(ans["images"][0][x]["score"]) for x in aspects])
         return torch.tensor(rows)
+
+
+class TruthReward:
+    """The world's truth as a reward: the truth reader's share of the prompt's named attributes right
+    (``prompt_following``) and ``all_right`` (0/1), from pixels, no gradient. What no real user has; the closed
+    loop trains GRPO on it (``grpo-gen-truth``) as the ceiling of what a reward could give the loop."""
+
+    aspects = ["prompt_following", "all_right"]
+
+    def score_pixels(self, prompts, pixels, aspects=None, normalize: bool = True):
+        import numpy as np
+        import torch
+
+        aspects = list(aspects or self.aspects)
+        arr = (pixels.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        rows = [truth_of_reading(p, read_image(Image.fromarray(a))) for p, a in zip(prompts, arr)]
+        return torch.tensor([[float(r[x]) for x in aspects] for r in rows])

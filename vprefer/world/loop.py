@@ -24,9 +24,11 @@ from vprefer.world.prompts import HELD_OUT_COMBOS, TRAIN_COMBOS, prompt_of
 from vprefer.world.scenes import SIZES, Scene
 from vprefer.world import truth_eval
 
-LOOPS = ("refl", "refl-reg-only", "dpo", "grpo", "grpo-gen", "grpo-gen-judge", "refl-flow", "dpo-flow", "grpo-gen-flow")
+LOOPS = ("refl", "refl-reg-only", "dpo", "grpo", "grpo-gen", "grpo-gen-judge", "grpo-gen-truth", "refl-flow", "dpo-flow",
+         "grpo-gen-flow")
 # grpo: the prompt rewriter (TRL); grpo-gen: online GRPO on the generator against VP-Score, -judge: against the
-# stand-in judge behind a reward server (non-differentiable); *-flow: the same loops on the world's
+# stand-in judge behind a reward server (non-differentiable), -truth: against the truth reader itself (the ceiling
+# of what any reward could give GRPO at this budget; no user has it); *-flow: the same loops on the world's
 # rectified-flow (SD3-architecture) generator
 # ReFL's pre-training regulariser trains on drawn (true) images, which alone could improve the generator: the
 # control runs ReFL with the reward's gradient off (grad_scale 0), so the reward's own share is ReFL minus it
@@ -239,6 +241,11 @@ def run_grpo_gen(s: Stages, c: LoopConfig, name: str) -> Path:
 
     cfg = _config(GRPOConfig, "grpo-world-flow" if name.endswith("-flow") else "grpo-world", s, name, c,
                   c.grpo_gen_steps)
+    if name == "grpo-gen-truth":
+        from vprefer.world.judge_check import TruthReward
+
+        GRPOTrainer(cfg, prompts=training_prompts(c), reward=TruthReward()).train()
+        return s.out / name
     if name != "grpo-gen-judge":
         GRPOTrainer(cfg, prompts=training_prompts(c), reward=str(s.vpscore)).train()
         return s.out / name
@@ -333,7 +340,7 @@ def closed_loop(out: str | Path, c: LoopConfig | None = None, *, log: Callable[[
     runners = {"refl": run_refl, "dpo": run_dpo, "grpo": run_grpo,
                "refl-reg-only": lambda s, c: run_refl(s, c, "refl-reg-only"),
                "refl-flow": lambda s, c: run_refl(s, c, "refl-flow"), "dpo-flow": lambda s, c: run_dpo(s, c, "dpo-flow"),
-               **{n: (lambda s, c, n=n: run_grpo_gen(s, c, n)) for n in ("grpo-gen", "grpo-gen-judge", "grpo-gen-flow")}}
+               **{n: (lambda s, c, n=n: run_grpo_gen(s, c, n)) for n in LOOPS if n.startswith("grpo-gen")}}
     for name in c.loops:
         stage(name, lambda: runners[name](s, c))
     aspects, base = {"prompt_following": 1.0}, {}
