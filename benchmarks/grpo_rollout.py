@@ -1,7 +1,9 @@
 """GRPO rollouts: images/s with every transition's log-probability kept ÷ the same pipeline's plain sampling
 (issue 31; goal >= 0.8), measured in one run (rollout and plain sampling interleaved, the median of the
 pairs' ratios) on the world's generators (SD-architecture: DDIM with eta 1;
-SD3-architecture: the flow SDE), same prompts, steps, guidance and batch.
+SD3-architecture: the flow SDE), same prompts, steps, guidance and batch. Then, on the SD one, the share of
+a whole GRPO update spent waiting on the reward (the trainer's ``time/reward_share``): a cheap local reward,
+the stand-in judge in process, and the same judge behind ``RewardServer`` over HTTP.
 
     python benchmarks/grpo_rollout.py [--images 16] [--steps 10] [--repeats 3]
 """
@@ -57,6 +59,37 @@ def main() -> None:
             print(f"{kind}: {n} images x {args.steps} steps: rollout with log-probs {n / roll:.1f} images/s, plain "
                   f"sampling {n / plain_s:.1f} images/s, ratio {ratio:.2f} (median of {args.repeats} interleaved "
                   f"pairs; goal >= 0.8)", flush=True)
+            if kind == "sd":
+                reward_share(tr, Path(tmp), args.repeats)
+
+
+def reward_share(tr, tmp: Path, updates: int) -> None:
+    """The share of a whole GRPO update (rollout, rewards, optimizer steps) spent scoring, for a cheap local
+    reward, the stand-in judge in process (reads every image), and the same judge behind a reward server on
+    127.0.0.1 (PNG + HTTP + JSON each way): the trainer's own ``time/reward_share`` metric, mean of the updates."""
+    from vprefer.rl.reward_server import RewardServer
+    from vprefer.rl.rewards import load_rewards, reward_weights
+    from vprefer.world.judge_check import JudgeReward
+
+    def share(rewards) -> float:
+        tr.rewards, tr.weights = rewards, reward_weights(rewards)
+        tr.update()  # warm-up
+        ms = [tr.update() for _ in range(updates)]
+        return statistics.mean(m["time/reward_share"] for m in ms), statistics.mean(m["time/update_s"] for m in ms)
+
+    from vprefer.rl.rewards import LoadedReward
+    from vprefer.testing.toy_rewards import redness
+
+    rows = [("redness, in process", [LoadedReward("redness", 1.0, redness)]),
+            ("stand-in judge, in process", [LoadedReward("judge", 1.0, lambda p, px: JudgeReward().score_pixels(
+                p, px, aspects=["prompt_following"])[:, 0])])]
+    with RewardServer(JudgeReward(), {"prompt_following": 1.0}).start() as srv:
+        rows.append(("stand-in judge, reward server (HTTP)", load_rewards([srv.url])))
+        for name, rewards in rows:
+            sh, upd = share(rewards)
+            print(f"sd: share of a GRPO update waiting on the reward, {name}: {sh:.3f} "
+                  f"(update {upd:.2f} s, {len(tr.prompts)} prompt(s), {tr.config.group_size * tr.config.groups_per_step} images)",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,11 @@ def test_cli_grpo_with_a_python_reward_and_overrides(tiny_sd, tmp_path, monkeypa
 
     rl = json.loads((tmp_path / "o" / "vprefer_rl.json").read_text())
     assert rl["group_size"] == 3 and rl["rewards"] == ["redness"] and rl["sampler"] == "ddim"
+
+
+def test_an_update_reports_where_its_time_went(tiny_sd, tmp_path):
+    """time/rollout_s, time/reward_s and their share of the whole update (benchmarks/grpo_rollout.py reads it)."""
+    tr = GRPOTrainer(grpo_cfg(tmp_path, tiny_sd, max_steps=1), prompts=["a red car"], reward=RednessReward())
+    m = tr.update()
+    assert 0 < m["time/reward_s"] < m["time/update_s"] and 0 < m["time/rollout_s"] < m["time/update_s"]
+    assert m["time/reward_share"] == pytest.approx(m["time/reward_s"] / m["time/update_s"])

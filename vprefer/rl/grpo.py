@@ -20,6 +20,7 @@ with ``stop_on_hacking``, ends the run there.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -172,8 +173,11 @@ class GRPOTrainer(DiffusionTrainerBase):
         """One rollout, then ``inner_epochs`` optimizer steps on it (the lr schedule steps once per update)."""
         c = self.config
         lr = self.lr_sched.get_last_lr()[0]
+        t0 = time.perf_counter()
         roll = self.rollout()
+        t1 = time.perf_counter()
         m = self.advantages(roll)
+        t_reward = time.perf_counter() - t1
         cond = roll.cond
         stats: list[dict] = []
         for epoch in range(c.inner_epochs):
@@ -191,6 +195,9 @@ class GRPOTrainer(DiffusionTrainerBase):
                                                                                  "approx_kl", "ratio_mean")})
         m["grpo/ratio_first"] = sum(s["ratio_mean"] for s in first) / len(first)
         m["reward/train"] = m.get(f"reward/{self.rewards[0].name}", 0.0)
+        total = time.perf_counter() - t0  # where an update's time goes: a slow (remote) reward shows here
+        m.update({"time/rollout_s": t1 - t0, "time/reward_s": t_reward, "time/update_s": total,
+                  "time/reward_share": t_reward / total})
         m["lr"] = lr
         return m
 
