@@ -29,7 +29,7 @@ def test_divergence_needs_the_held_out_reward_below_its_best_for_patience_evalua
     assert divergence(list(zip(range(4), rising, [0.0, 0.1, 0.05, 0.02])), 0) is None  # 0 = never
 
 
-def test_the_monitor_warns_once_and_a_resumed_run_replays_the_whole_history(caplog):
+def test_the_monitor_warns_once_and_a_resumed_run_replays_the_whole_history(caplog, tmp_path):
     m = HackingMonitor(patience=2)
     train, held = [0.0, 0.1, 0.2, 0.3, 0.4], [0.0, 0.1, 0.05, 0.02, 0.01]
     with caplog.at_level("WARNING", logger="vprefer.rl.hacking"):
@@ -39,8 +39,12 @@ def test_the_monitor_warns_once_and_a_resumed_run_replays_the_whole_history(capl
     assert len([r for r in caplog.records if "reward hacking" in r.message]) == 1
     assert m.observe(5, {"eval/train_reward": 1.0}) == {}  # no held-out reward: nothing to watch
     rows = [{"step": s, "eval/train_reward": t, "eval/holdout_reward": h} for s, t, h in zip(range(5), train, held)]
+    log = tmp_path / "metrics.jsonl"  # an earlier run in the same folder first: not this run's history
+    log.write_text("".join(json.dumps(r) + "\n" for r in [{"phase": "before", "step": 0, "eval/train_reward": 9.0,
+                                                           "eval/holdout_reward": 9.0}, {"phase": "before", **rows[0]},
+                                                          *rows[1:]]))
     r = HackingMonitor(patience=2)
-    r.replay(rows, upto=3)
+    r.replay(log, upto=3)
     assert [p[0] for p in r.points] == [0, 1, 2, 3] and r.signal is not None
 
 
@@ -108,3 +112,11 @@ def test_a_run_that_learns_what_the_held_out_reward_penalises_is_stopped(tiny_sd
     assert stopped[0]["step"] < 24
     evals = [h for h in hist if "eval/train_reward" in h]
     assert evals[-1]["eval/train_reward"] > evals[0]["eval/train_reward"]
+
+
+def test_a_resumed_run_stops_where_the_whole_run_would_have(tiny_sd, tmp_path):
+    """Killed after step 2 (checkpoint), resumed: the evaluations before the kill count, so it stops at step 3
+    as an uninterrupted run does (from scratch the watch would see the fall only at step 5)."""
+    Scripted(_cfg(tmp_path, tiny_sd, max_steps=2, save_steps=2), prompts=["a car"]).train()
+    hist = Scripted(_cfg(tmp_path, tiny_sd, stop_on_hacking=True), prompts=["a car"]).train(resume=True)
+    assert [h["step"] for h in hist if h.get("phase") == "stopped"] == [3]

@@ -1,4 +1,5 @@
-"""What ReFL and Diffusion-DPO share: the Config base, accelerate set-up, LoRA, EMA, evaluation, checkpoints.
+"""What ReFL, Diffusion-DPO and GRPO share: the Config base, accelerate set-up, LoRA, EMA, evaluation (and the
+reward-hacking watch), checkpoints.
 
 Each loop is a ``...Config`` (extending ``transformers.TrainingArguments`` for the
 usual knobs: output_dir, learning_rate, max_steps, batch size, accumulation,
@@ -368,7 +369,7 @@ class DiffusionTrainerBase:
         c = self.config
         self.monitor = HackingMonitor(c.hacking_patience)
         if self.step_no:
-            self.monitor.replay(_this_run(self.out / "metrics.jsonl"), self.step_no)
+            self.monitor.replay(self.out / "metrics.jsonl", self.step_no)
         else:
             m = self.evaluate("before")
             self.log({"phase": "before", **m, **self.monitor.observe(0, m)})
@@ -396,9 +397,3 @@ class DiffusionTrainerBase:
         self.acc.end_training()
         return self.history
 
-
-def _this_run(log: Path) -> list[dict]:
-    """``metrics.jsonl``'s rows from its last ``before`` evaluation on (an earlier run in the folder may precede)."""
-    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
-    starts = [i for i, r in enumerate(rows) if r.get("phase") == "before"]
-    return rows[starts[-1]:] if starts else rows

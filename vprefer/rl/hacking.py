@@ -16,8 +16,10 @@ recipe's ``stop_on_hacking`` ends the run there (the weights at that evaluation 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,13 @@ class HackingMonitor:
         return {"hacking/train_gain": train - first[1], "hacking/holdout_gain": held - first[2],
                 "hacking/diverged": float(msg is not None)}
 
-    def replay(self, rows: Sequence[dict], upto: int) -> None:
-        """Rebuild the history from ``metrics.jsonl`` rows on ``--resume`` (evaluations at steps <= ``upto``),
-        so a resumed run judges divergence against the whole run, not from where it restarted."""
-        for r in rows:
+    def replay(self, log: Path, upto: int) -> None:
+        """Rebuild the history from ``metrics.jsonl`` on ``--resume`` (this run's evaluations at steps <= ``upto``;
+        an earlier run in the folder, before the last ``before`` row, is not this one), so a resumed run judges
+        divergence against the whole run, not from where it restarted."""
+        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+        starts = [i for i, r in enumerate(rows) if r.get("phase") == "before"]
+        for r in rows[starts[-1]:] if starts else rows:
             if r.get("step", 0) <= upto and "eval/train_reward" in r and "eval/holdout_reward" in r:
                 self.points.append((int(r["step"]), float(r["eval/train_reward"]), float(r["eval/holdout_reward"])))
         if self.points:
