@@ -132,4 +132,4 @@ def test_an_update_reports_where_its_time_went(tiny_sd, tmp_path):
     tr = GRPOTrainer(grpo_cfg(tmp_path, tiny_sd, max_steps=1), prompts=["a red car"], reward=RednessReward())
     m = tr.update()
     assert 0 < m["time/reward_s"] < m["time/update_s"] and 0 < m["time/rollout_s"] < m["time/update_s"]
-    assert m["time/reward_share"] == pytest.approx(m["time/reward_s"] / m["time/update_s"])
+    assert 0 < m["time/reward_share"] < 1

@@ -27,6 +27,12 @@ def test_divergence_needs_the_held_out_reward_below_its_best_for_patience_evalua
     assert divergence(list(zip(range(4), [0.0, 0.1, 0.05, 0.0], [0.0, 0.1, 0.05, 0.02])), 2) is None  # both fall
     assert divergence(list(zip(range(4), rising, [0.0, 0.1, 0.1, 0.1])), 2) is None  # flat at its best
     assert divergence(list(zip(range(4), rising, [0.0, 0.1, 0.05, 0.02])), 0) is None  # 0 = never
+    wobble = [0.5, 0.5003, 0.4999, 0.5001]  # a level held-out reward's noise is not a fall
+    assert divergence(list(zip(range(4), rising, wobble)), 2) is not None
+    assert divergence(list(zip(range(4), rising, wobble)), 2, min_delta=0.01) is None
+    assert divergence(list(zip(range(4), rising, [0.5, 0.6, 0.55, 0.54])), 2, min_delta=0.01) is not None
+    # of tied bests the latest counts: the training reward has not risen since the held-out one last stood there
+    assert divergence([(0, 0.0, 0.1), (1, 0.3, 0.1), (2, 0.3, 0.05), (3, 0.3, 0.02)], 2) is None
 
 
 def test_the_monitor_warns_once_and_a_resumed_run_replays_the_whole_history(caplog, tmp_path):
@@ -46,6 +52,14 @@ def test_the_monitor_warns_once_and_a_resumed_run_replays_the_whole_history(capl
     r = HackingMonitor(patience=2)
     r.replay(log, upto=3)
     assert [p[0] for p in r.points] == [0, 1, 2, 3] and r.signal is not None
+    # resumed twice: the evaluation at step 2 was logged by the killed run and again by the resumed one
+    log.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], rows[1], {**rows[2], "eval/holdout_reward": 0.3},
+                                                          rows[2]]))
+    r = HackingMonitor(patience=2)
+    r.replay(log, upto=4)
+    assert [p[0] for p in r.points] == [0, 1, 2] and r.points[2][2] == 0.05 and r.signal is None
+    nan = HackingMonitor(patience=1)
+    assert nan.observe(0, {"eval/train_reward": 0.0, "eval/holdout_reward": float("nan")}) == {} and not nan.points
 
 
 def _cfg(tmp_path, pipe, **kw):
@@ -54,6 +68,9 @@ def _cfg(tmp_path, pipe, **kw):
                 group_size=2, groups_per_step=1, num_steps=3, inner_epochs=1, logging_steps=1,
                 rewards=["vprefer.testing.toy_rewards:redness"])
     return config_from_yaml(GRPOConfig, "grpo-tiny", **{**base, **kw})
+
+
+HELD = "vprefer.testing.toy_rewards:not_redness"  # scored only by the real evaluate (not the scripted one)
 
 
 class Scripted(GRPOTrainer):
@@ -67,7 +84,8 @@ class Scripted(GRPOTrainer):
 
 @pytest.mark.parametrize("stop,patience,ends", [(True, 2, 3), (True, 3, 4), (False, 2, 6)])
 def test_stop_on_hacking_ends_the_run_at_the_warning_and_saves_why(tiny_sd, tmp_path, stop, patience, ends):
-    tr = Scripted(_cfg(tmp_path, tiny_sd, stop_on_hacking=stop, hacking_patience=patience), prompts=["a car"])
+    tr = Scripted(_cfg(tmp_path, tiny_sd, stop_on_hacking=stop, hacking_patience=patience), prompts=["a car"],
+                  holdout_reward=HELD)
     hist = tr.train()
     rl = json.loads((tmp_path / "grpo" / "vprefer_rl.json").read_text())
     assert rl["steps"] == ends and any((tmp_path / "grpo").glob("*.safetensors"))
@@ -80,15 +98,40 @@ def test_stop_on_hacking_ends_the_run_at_the_warning_and_saves_why(tiny_sd, tmp_
         assert next(h for h in hist if h.get("phase") == "after")["hacking/diverged"] == 1.0
 
 
-def test_both_rewards_score_the_same_eval_images_and_a_list_reward_can_be_the_held_out_one(tiny_sd, tmp_path):
-    """The held-out reward given as ``module:function`` (as a judge over HTTP would be): the same function as
-    the training reward gives the same number on the same eval images; its negation gives minus that."""
-    for holdout, sign in (("vprefer.testing.toy_rewards:redness", 1), ("vprefer.testing.toy_rewards:not_redness", -1)):
-        tr = GRPOTrainer(_cfg(tmp_path, tiny_sd, max_steps=1), prompts=["a car"], holdout_reward=holdout)
-        m = tr.evaluate()
-        assert m["eval/train_reward"] == pytest.approx(m["eval/train/redness"])
-        assert m["eval/holdout_reward"] == pytest.approx(sign * m["eval/train_reward"], abs=1e-6)
-        assert m["eval/train_reward"] != 0
+def test_both_rewards_score_the_same_eval_images_and_a_judge_server_can_be_the_held_out_one(tiny_sd, tmp_path):
+    """The held-out reward given as ``module:function`` or as a reward server's URL: the same function as the
+    training reward gives the same number on the same eval images (over HTTP: to 8-bit PNG rounding); its
+    negation gives minus that."""
+    from vprefer.rl.reward_server import RewardServer
+    from vprefer.testing.toy_rewards import RednessReward
+
+    with RewardServer(RednessReward(), {"redness": 1.0}).start() as srv:
+        for holdout, sign, tol in (("vprefer.testing.toy_rewards:redness", 1, 1e-6),
+                                   ("vprefer.testing.toy_rewards:not_redness", -1, 1e-6), (srv.url, 1, 3e-3)):
+            tr = GRPOTrainer(_cfg(tmp_path, tiny_sd, max_steps=1), prompts=["a car"], holdout_reward=holdout)
+            m = tr.evaluate()
+            assert m["eval/train_reward"] == pytest.approx(m["eval/train/redness"])
+            assert m["eval/holdout_reward"] == pytest.approx(sign * m["eval/train_reward"], abs=tol)
+            assert abs(m["eval/train_reward"]) > 0.01
+
+
+def test_a_reward_that_only_scores_trains_grpo_and_is_refused_by_refl(tiny_sd, tmp_path):
+    from vprefer.errors import InputError
+    from vprefer.rl import ReFLConfig, ReFLTrainer
+
+    tr = GRPOTrainer(_cfg(tmp_path, tiny_sd, max_steps=1, rewards=[]), prompts=["a car"],
+                     reward="vprefer.testing.toy_rewards:redness")
+    assert [r.name for r in tr.rewards] == ["redness"] and tr.update()["reward/redness"] != 0
+    cfg = config_from_yaml(ReFLConfig, "refl-tiny", output_dir=str(tmp_path / "refl"), pretrained=str(tmp_path / "none"))
+    with pytest.raises(InputError, match="differentiable"):
+        ReFLTrainer(cfg, prompts=["a car"], reward="http://127.0.0.1:9/")
+
+
+def test_stop_on_hacking_without_a_held_out_reward_is_refused_before_training(tiny_sd, tmp_path):
+    tr = GRPOTrainer(_cfg(tmp_path, tiny_sd, stop_on_hacking=True), prompts=["a car"])
+    with pytest.raises(RecipeError, match="held-out reward"):
+        tr.train()
+    assert not (tmp_path / "grpo" / "metrics.jsonl").exists()
 
 
 def test_stop_on_hacking_without_evaluations_is_refused_before_a_load(tmp_path):
@@ -118,5 +161,5 @@ def test_a_resumed_run_stops_where_the_whole_run_would_have(tiny_sd, tmp_path):
     """Killed after step 2 (checkpoint), resumed: the evaluations before the kill count, so it stops at step 3
     as an uninterrupted run does (from scratch the watch would see the fall only at step 5)."""
     Scripted(_cfg(tmp_path, tiny_sd, max_steps=2, save_steps=2), prompts=["a car"]).train()
-    hist = Scripted(_cfg(tmp_path, tiny_sd, stop_on_hacking=True), prompts=["a car"]).train(resume=True)
+    hist = Scripted(_cfg(tmp_path, tiny_sd, stop_on_hacking=True), prompts=["a car"], holdout_reward=HELD).train(resume=True)
     assert [h["step"] for h in hist if h.get("phase") == "stopped"] == [3]

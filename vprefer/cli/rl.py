@@ -22,8 +22,9 @@ def _report(history: list[dict], out_dir: Path) -> None:
     for k in sorted(k for k in after if k.startswith("eval/")):
         out.print(f"  {k}: {before.get(k, float('nan')):+.4f} -> {after[k]:+.4f}")
     stopped = next((h["reason"] for h in history if h.get("phase") == "stopped"), None)
-    if stopped or after.get("hacking/diverged"):
-        out.print(f"[yellow]{stopped or 'reward hacking: the held-out reward fell while the training reward rose'}"
+    warned = next((h["step"] for h in history if h.get("hacking/diverged")), None)
+    if stopped or warned is not None:
+        out.print(f"[yellow]{stopped or f'reward hacking from step {warned}: the held-out reward fell while the training reward rose'}"
                   "[/yellow] (hacking/* in metrics.jsonl)")
     out.print(f"LoRA saved to {out_dir} (pipe.load_lora_weights('{out_dir}')); grids in {out_dir}/eval, "
               f"metrics in {out_dir}/metrics.jsonl, TensorBoard in {out_dir}/logs")

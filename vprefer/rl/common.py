@@ -13,20 +13,19 @@ import contextlib
 import json
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainingArguments, get_scheduler
+from transformers import get_scheduler
 
-from vprefer.recipes import RecipeError, load_config
+from vprefer.recipes import RecipeError
 from vprefer.diffusion import add_lora, for_pipeline, grid, load_pipeline, save_lora, save_unet, stand_in_must_exist
-from vprefer.diffusion.flow import DENSITIES
 from vprefer.dist import params_in_sync
-from vprefer.rl.hacking import HackingMonitor
+from vprefer.rl.config import DiffusionTrainingConfig, config_from_yaml, flow_knobs  # noqa: F401  (re-exported)
+from vprefer.rl.hacking import HackingMonitor, divergence, held_out_scalar
 from vprefer.rl.ranks import RankStreams, mean_over_processes
 from vprefer.rl.rewards import load_reward, weighted_reward
 
@@ -38,82 +37,6 @@ def frozen_dtype(config, cuda: bool) -> torch.dtype | None:
     if not cuda:
         return None
     return torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
-
-
-@dataclass
-class DiffusionTrainingConfig(TrainingArguments):
-    pretrained: str = field(default="stable-diffusion-v1-5/stable-diffusion-v1-5", metadata={"help": "diffusers pipeline"})
-    resolution: int = 512
-    use_lora: bool = True
-    lora_rank: int = 8
-    lora_alpha: int = 8
-    lora_targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    ema_decay: float = field(default=0.0, metadata={"help": "0 = no EMA of the trained weights"})
-    eval_prompts: list = field(default_factory=list)
-    eval_every: int = 100
-    eval_steps_sampling: int = 20
-    eval_seed: int = 1234
-    guidance_scale: float = 7.5
-    reward_aspects: dict = field(default_factory=lambda: {"overall": 1.0})
-    sample_latents: bool = field(default=True, metadata={"help": "encode real images with a sample of the VAE "
-                                                                 "posterior (reference scripts), not its mean"})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name; the "
-                                                                         "reference ReFL/DPO scripts use constant "
-                                                                         "(with warmup for DPO)"})
-    create_tiny_if_missing: bool = field(default=False, metadata={"help": "tests/demo: `pretrained` is a tiny "
-                                                                          "random stand-in the CLI builds if absent"})
-    pretrained_vae: str | None = field(default=None, metadata={"help": "a VAE to use instead of the pipeline's, e.g. "
-                                                                       "madebyollin/sdxl-fp16-fix for SDXL in fp16"})
-    # rectified flow (SD 3.x, FLUX) only; the DDPM family draws t uniformly from its own schedule
-    timestep_density: str = field(default="logit_normal", metadata={"help": "flow matching: density of the training "
-                                                                            "sigma (logit_normal, uniform, mode)"})
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    mode_scale: float = 1.29
-    timestep_shift: float | None = field(default=None, metadata={"help": "flow matching: shift of the training sigma; "
-                                                                         "null = the checkpoint's (SD3.5: 3, FLUX: "
-                                                                         "its resolution-dependent exp(mu)); 1 = none"})
-    embedded_guidance: float = field(default=3.5, metadata={"help": "FLUX.1-dev's guidance embedding in training "
-                                                                    "forwards and rollouts (no CFG there)"})
-    hacking_patience: int = field(default=2, metadata={"help": "evaluations the held-out reward may stay below its "
-                                                               "best while the training reward is above its value "
-                                                               "there before a reward-hacking warning (0 = never)"})
-    stop_on_hacking: bool = field(default=False, metadata={"help": "end the run at that warning (weights saved)"})
-
-    def __post_init__(self):
-        # what a user can get wrong, checked before any pipeline or reward loads (one line naming the key)
-        check = [(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8"),
-                 (self.lora_rank >= 1, "lora_rank must be >= 1"), (self.lora_alpha > 0, "lora_alpha must be > 0"),
-                 (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = no EMA)"),
-                 (self.guidance_scale >= 0, "guidance_scale must be >= 0 (1 = no classifier-free guidance)"),
-                 (self.eval_every >= 0, "eval_every must be >= 0 (0 = only before and after)"),
-                 (self.eval_steps_sampling >= 1, "eval_steps_sampling must be >= 1"),
-                 (self.timestep_density in DENSITIES, f"timestep_density must be one of {', '.join(DENSITIES)}"),
-                 (self.logit_std > 0, "logit_std must be > 0"),
-                 (self.timestep_shift is None or self.timestep_shift > 0, "timestep_shift must be > 0 or null"),
-                 (self.embedded_guidance >= 0, "embedded_guidance must be >= 0"),
-                 (self.hacking_patience >= 0, "hacking_patience must be >= 0 (0 = never warn)"),
-                 (not self.stop_on_hacking or (self.eval_every > 0 and self.eval_prompts and self.hacking_patience),
-                  "stop_on_hacking needs eval_every > 0, eval_prompts and hacking_patience >= 1"),
-                 (bool(self.reward_aspects) and all(isinstance(w, (int, float)) for w in self.reward_aspects.values()),
-                  "reward_aspects must map aspect names to numeric weights, e.g. {overall: 1.0}")]
-        for ok, why in check:
-            if not ok:
-                raise RecipeError(f"{why}; got {why.split()[0]}={getattr(self, why.split()[0])!r}")
-        if not torch.cuda.is_available():  # several CPU processes are one gloo job only when CPU is asked for
-            self.use_cpu = True
-        super().__post_init__()
-
-
-def flow_knobs(config: DiffusionTrainingConfig) -> dict:
-    """The recipe's forward-process settings, as the families' ``training_scheduler`` takes them."""
-    return {k: getattr(config, k) for k in ("resolution", "timestep_density", "timestep_shift", "logit_mean",
-                                            "logit_std", "mode_scale")}
-
-
-def config_from_yaml(cls, path: str | Path, **overrides):
-    """Recipe YAML (a path, or a name in ./rl/ or the repository's rl/) -> Config (``vprefer.recipes.load_config``)."""
-    return load_config(cls, path, "rl", **overrides)
 
 
 class DiffusionTrainerBase:
@@ -291,14 +214,18 @@ class DiffusionTrainerBase:
                 s = rm.score_pixels(list(prompts), imgs.to(self.acc.device))
                 for k, a in enumerate(rm.aspects):
                     m[f"eval/{name}/{a}"] = s[:, k].mean().item()
-                if name == "holdout_reward":  # the recipe's aspects where the held-out reward has them, else all
-                    ks = [k for k, a in enumerate(rm.aspects) if a in self.config.reward_aspects] or range(len(rm.aspects))
-                    w = [self.config.reward_aspects.get(rm.aspects[k], 1.0) for k in ks]
-                    m["eval/holdout_reward"] = sum(wi * s[:, k].mean().item() for wi, k in zip(w, ks)) / sum(map(abs, w))
+                if name == "holdout_reward":
+                    m["eval/holdout_reward"] = held_out_scalar(s, rm.aspects, self.config.reward_aspects)
         m.update(self.train_objective(list(prompts), imgs.to(self.acc.device)))
         if len(prompts) > 1:  # diversity across prompts: falls under mode collapse (undefined for one prompt)
             m["eval/pixel_std"] = imgs.std(0).mean().item()
         return m
+
+    def _evaluate_watched(self, tag: str | None = None) -> dict:
+        """``evaluate``, averaged over processes (so every rank takes the same stop decision), with the watch's
+        ``hacking/*`` verdict."""
+        m = mean_over_processes(self.acc, self.evaluate(tag))
+        return {**m, **self.monitor.observe(self.step_no, m)}
 
     def train_objective(self, prompts: list[str], imgs: torch.Tensor) -> dict:
         """``eval/train_reward``: what the loop optimises, on the eval images (the hacking monitor's first half)."""
@@ -367,29 +294,37 @@ class DiffusionTrainerBase:
         if resume:
             self.resume()
         c = self.config
-        self.monitor = HackingMonitor(c.hacking_patience)
-        if self.step_no:
-            self.monitor.replay(self.out / "metrics.jsonl", self.step_no)
+        self.monitor = HackingMonitor(c.hacking_patience, c.hacking_min_delta)
+        if c.stop_on_hacking and self.holdout is None:
+            raise RecipeError("stop_on_hacking needs a held-out reward (--holdout-reward) to watch")
+        if self.step_no:  # resumed: this run's evaluations so far, as the main process's metrics.jsonl has them
+            from accelerate.utils import broadcast_object_list
+
+            if self.acc.is_main_process:
+                self.monitor.replay(self.out / "metrics.jsonl", self.step_no)
+            self.monitor.points = broadcast_object_list([self.monitor.points])[0]
+            self.monitor.signal = divergence(self.monitor.points, c.hacking_patience, c.hacking_min_delta)
         else:
-            m = self.evaluate("before")
-            self.log({"phase": "before", **m, **self.monitor.observe(0, m)})
+            m = self._evaluate_watched("before")
+            if c.stop_on_hacking and "eval/train_reward" not in m:
+                raise RecipeError("stop_on_hacking needs the training reward on the eval prompts (DPO: --reward)")
+            self.log({"phase": "before", **m})
         while self.step_no < c.max_steps:  # every counter here counts optimizer updates
             metrics = self.update()
             self.step_no += 1
             if self.step_no % max(1, c.logging_steps) == 0 or self.step_no == c.max_steps:
                 self.log(metrics)
             if c.eval_every and self.step_no % c.eval_every == 0 and self.step_no < c.max_steps:
-                m = self.evaluate()
-                self.log({**m, **self.monitor.observe(self.step_no, m)})
-                if self.monitor.signal and c.stop_on_hacking:
+                m = self._evaluate_watched()
+                self.log(m)
+                if self.monitor.signal and c.stop_on_hacking:  # the same on every rank: decided on averages
                     self.stopped = f"stopped at step {self.step_no} of {c.max_steps}: {self.monitor.signal}"
                     self.log({"phase": "stopped", "reason": self.stopped})
                     break
             if c.save_steps and self.step_no % int(c.save_steps) == 0:
                 self.checkpoint()
-        m = self.evaluate("after")
-        self.log({"phase": "after", **m, **({} if self.stopped else self.monitor.observe(self.step_no, m)),
-                  **self.sync_check()})
+        m = m if self.stopped else self._evaluate_watched("after")  # stopped: those weights were just evaluated
+        self.log({"phase": "after", **m, **self.sync_check()})
         self.save()
         # every rank waits for the main one to finish writing, then all tear down together: a rank that
         # destroys its process group while a peer is still busy leaves the peer's teardown waiting on it

@@ -87,13 +87,15 @@ class GRPOTrainer(DiffusionTrainerBase):
 
     def __init__(self, config: GRPOConfig, *, prompts: Sequence[str], **kw):
         super().__init__(config, **kw)
-        from vprefer.rl.rewards import load_rewards, reward_weights
+        from vprefer.rl.rewards import ScoreOnlyReward, load_rewards, reward_weights
 
         self.prompts = list(prompts)
         if not self.prompts:
             raise InputError("GRPO needs training prompts")
         if config.rewards:
             self.rewards = load_rewards(config.rewards)
+        elif isinstance(self.reward, ScoreOnlyReward):  # --reward http://... or module:function: as a list of one
+            self.rewards = [self.reward.reward]
         elif self.reward is not None:
             from vprefer.rl.rewards import LoadedReward
             from vprefer.rl.rewards import weighted_reward
@@ -175,6 +177,8 @@ class GRPOTrainer(DiffusionTrainerBase):
         lr = self.lr_sched.get_last_lr()[0]
         t0 = time.perf_counter()
         roll = self.rollout()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the rollout's queued GPU work belongs to the rollout, not to the reward
         t1 = time.perf_counter()
         m = self.advantages(roll)
         t_reward = time.perf_counter() - t1

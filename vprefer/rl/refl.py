@@ -51,6 +51,11 @@ class ReFLTrainer(DiffusionTrainerBase):
 
     def __init__(self, config: ReFLConfig, *, prompts: Sequence[str], pretrain_data: Sequence[tuple[str, str]] = (),
                  **kw):
+        from vprefer.rl.rewards import scored_only
+
+        if scored_only(kw.get("reward")):
+            raise InputError(f"ReFL needs a differentiable reward (a VP-Score); {kw['reward']} only scores: "
+                             "use it with `vprefer rl grpo`, or as --holdout-reward")
         super().__init__(config, **kw)
         if self.reward is None:
             raise InputError("ReFL needs a differentiable reward (a VP-Score folder or an object with score_pixels)")

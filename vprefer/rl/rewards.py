@@ -176,8 +176,8 @@ def load_reward(spec) -> object | None:
         if isinstance(spec, torch.nn.Module):  # a reward passed as an object is frozen too: no stray grads
             spec.requires_grad_(False).eval()
         return spec
-    if RewardSpec(source=str(spec)).kind != "vpscore":
-        return _SpecScorer(load_reward_spec(RewardSpec(source=str(spec))))
+    if scored_only(spec):
+        return ScoreOnlyReward(load_reward_spec(RewardSpec(source=spec)))
     from vprefer.reward import VPScore
 
     rm = VPScore.from_pretrained(spec)
@@ -185,7 +185,13 @@ def load_reward(spec) -> object | None:
     return rm
 
 
-class _SpecScorer:
+def scored_only(spec) -> bool:
+    """Whether a reward given by name is one that scores without a gradient (``http(s)://``, ``module:function``):
+    fine for GRPO and for watching, not for ReFL."""
+    return isinstance(spec, str) and RewardSpec(source=spec).kind != "vpscore"
+
+
+class ScoreOnlyReward:
     """A list reward seen through the ``score_pixels`` interface (one aspect, ``reward``)."""
 
     aspects = ["reward"]
