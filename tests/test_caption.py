@@ -125,6 +125,11 @@ def test_batch_mode(judge, colour_run):
     assert stats["batches"] == 1 and sorted(stats["answered"].values()) == [1] * 6
     billed = stats["billed"]  # billed at the batch discount
     assert cap["cost_usd"].sum() == pytest.approx((billed["input_tokens"] * 2.5 + billed["output_tokens"] * 10) / 2e6)
+    # `vprefer batches RUN` (no annotator): every job's batches as recorded, captions included, no server asked
+    from vprefer.cli import app
+
+    out = CliRunner().invoke(app, ["batches", str(colour_run)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0 and "caption-" in out.output and "completed" in out.output, out.output
 
 
 def test_journal_answers_are_folded_after_a_crash(judge, colour_run):

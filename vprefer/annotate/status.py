@@ -7,6 +7,7 @@ rubric, no journal, no annotation run id. So it uses the generic
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,3 +32,18 @@ def batch_status(run: Run | str | Path, preset: AnnotatorPreset | str) -> list[B
     if isinstance(preset, str):
         preset = AnnotatorPreset.load(preset)
     return [BatchStatus(**r) for r in BatchRunner(run, preset).status_rows()]
+
+
+def recorded_batches(run: Run | str | Path) -> list[tuple[str, BatchStatus]]:
+    """Every batch any job of the run submitted (annotation, captions, upsampling), as ``RUN/state`` last
+    recorded it: (job, status) rows, no server asked (no key needed). The job is the state file's name:
+    an annotator's slug, or ``caption-<preset>`` / ``upsample-<preset>``."""
+    run = as_run(run)
+    rows = []
+    for path in sorted((run.path / "state").glob("batches-*.json")):
+        job = path.stem.removeprefix("batches-")
+        for e in json.loads(path.read_text()):
+            rows.append((job, BatchStatus(e.get("batch_id"), e["chunk"], len(e.get("request_ids", [])),
+                                          e.get("status", "?"), bool(e.get("collected")), e.get("request_counts"))))
+    return rows
+

@@ -92,9 +92,24 @@ def annotate(
 @app.command()
 def batches(
     run_dir: Path = typer.Argument(..., help="Run directory."),
-    annotator: str = typer.Option(..., "--annotator", help="Preset name or path (batch mode)."),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="Preset name or path: ask the server for "
+                                            "this annotator's batches now. Without it: every job's batches "
+                                            "(annotation, captions, upsampling) as last recorded, no server asked."),
 ) -> None:
     """Status of the Batch API jobs submitted for a run."""
+    if annotator is None:
+        from vprefer.annotate.status import recorded_batches
+
+        recorded = recorded_batches(run_dir)
+        if not recorded:
+            out.print("no batches submitted for this run")
+            return
+        t = Table("job", "batch", "chunk", "requests", "status (last seen)", "collected", title="batches")
+        for job, r in recorded:
+            t.add_row(job, r.batch_id or "-", r.chunk, str(r.requests), r.status, "yes" if r.collected else "no")
+        out.print(t)
+        out.print("live counts for one annotator: vprefer batches RUN --annotator NAME")
+        return
     rows = batch_status(run_dir, _preset(annotator))
     if not rows:
         out.print("no batches submitted for this annotator")
