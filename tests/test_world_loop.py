@@ -222,7 +222,7 @@ def test_the_closed_loop_runs_online_grpo_and_the_flow_loops_on_the_real_paths(t
     the *-flow loops. Wiring and figures' shape; the figures are the benchmark's (BENCHMARKS.md)."""
     from vprefer.world.loop import closed_loop
 
-    loops = ("grpo-gen", "grpo-gen-judge", "refl-flow", "dpo-flow", "grpo-gen-flow")
+    loops = ("grpo-gen", "grpo-gen-judge", "grpo-gen-truth", "refl-flow", "dpo-flow", "grpo-gen-flow")
     c = LoopConfig(descriptive_per_combo=0, images_per_set=2, other_images_per_set=2, permutations=1, reward_epochs=1,
                    refl_steps=2, dpo_flow_steps=2, grpo_gen_steps=1, eval_seeds=1, train_eval_seeds=0, loops=loops,
                    overrides={n: {"group_size": 2} for n in loops if n.startswith("grpo")})
@@ -234,3 +234,5 @@ def test_the_closed_loop_runs_online_grpo_and_the_flow_loops_on_the_real_paths(t
         rl = json.loads((tmp_path / "loop" / name / "vprefer_rl.json").read_text())
         assert rl["family"] == ("sd3" if name.endswith("-flow") else "sd"), (name, rl)
     assert json.loads((tmp_path / "loop" / "grpo-gen-judge" / "vprefer_rl.json").read_text())["rewards"] == ["remote"]
+    truth = [json.loads(x) for x in (tmp_path / "loop" / "grpo-gen-truth" / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/reward/all_right" in truth[0]  # trained against the truth reader itself
