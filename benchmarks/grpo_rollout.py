@@ -60,10 +60,10 @@ def main() -> None:
                   f"sampling {n / plain_s:.1f} images/s, ratio {ratio:.2f} (median of {args.repeats} interleaved "
                   f"pairs; goal >= 0.8)", flush=True)
             if kind == "sd":
-                reward_share(tr, Path(tmp), args.repeats)
+                reward_share(tr, args.repeats)
 
 
-def reward_share(tr, tmp: Path, updates: int) -> None:
+def reward_share(tr, updates: int) -> None:
     """The share of a whole GRPO update (rollout, rewards, optimizer steps) spent scoring, for a cheap local
     reward, the stand-in judge in process (reads every image), and the same judge behind a reward server on
     127.0.0.1 (PNG + HTTP + JSON each way): the trainer's own ``time/reward_share`` metric, mean of the updates."""

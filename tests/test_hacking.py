@@ -163,3 +163,18 @@ def test_a_resumed_run_stops_where_the_whole_run_would_have(tiny_sd, tmp_path):
     Scripted(_cfg(tmp_path, tiny_sd, max_steps=2, save_steps=2), prompts=["a car"]).train()
     hist = Scripted(_cfg(tmp_path, tiny_sd, stop_on_hacking=True), prompts=["a car"], holdout_reward=HELD).train(resume=True)
     assert [h["step"] for h in hist if h.get("phase") == "stopped"] == [3]
+
+
+def test_refl_watches_its_own_reward_weighted_as_it_trains_on_it(tiny_sd, tmp_path):
+    """The base loops' eval/train_reward is self.reward weighted by reward_aspects (ReFL's objective), the
+    held-out one its own number; both from one scoring of the same eval images."""
+    from vprefer.rl import ReFLConfig, ReFLTrainer
+    from vprefer.testing.toy_rewards import RednessReward
+
+    cfg = config_from_yaml(ReFLConfig, "refl-tiny", output_dir=str(tmp_path / "refl"), pretrained=str(tiny_sd),
+                           create_tiny_if_missing=False, report_to=[], reward_aspects={"redness": 2.0},
+                           eval_prompts=["a red car", "a blue house"])
+    tr = ReFLTrainer(cfg, prompts=["a car"], reward=RednessReward(), holdout_reward="vprefer.testing.toy_rewards:not_redness")
+    m = tr.evaluate()
+    assert m["eval/train_reward"] == pytest.approx(m["eval/reward/redness"]) and abs(m["eval/train_reward"]) > 0.01
+    assert m["eval/holdout_reward"] == pytest.approx(-m["eval/train_reward"], abs=1e-6)

@@ -25,9 +25,9 @@ from vprefer.recipes import RecipeError
 from vprefer.diffusion import add_lora, for_pipeline, grid, load_pipeline, save_lora, save_unet, stand_in_must_exist
 from vprefer.dist import params_in_sync
 from vprefer.rl.config import DiffusionTrainingConfig, config_from_yaml, flow_knobs  # noqa: F401  (re-exported)
-from vprefer.rl.hacking import HackingMonitor, divergence, held_out_scalar
+from vprefer.rl.hacking import HackingMonitor, divergence, weighted_mean
 from vprefer.rl.ranks import RankStreams, mean_over_processes
-from vprefer.rl.rewards import load_reward, weighted_reward
+from vprefer.rl.rewards import load_reward
 
 
 def frozen_dtype(config, cuda: bool) -> torch.dtype | None:
@@ -209,14 +209,16 @@ class DiffusionTrainerBase:
         if self.acc.is_main_process:
             grid(imgs, cols=min(4, len(prompts))).save(self.out / "eval" / f"{tag or f'step-{self.step_no:06d}'}.png")
         m: dict = {}
+        scores: dict = {}
         for name, rm in (("reward", self.reward), ("holdout_reward", self.holdout)):
             if rm is not None:
-                s = rm.score_pixels(list(prompts), imgs.to(self.acc.device))
+                scores[name] = s = rm.score_pixels(list(prompts), imgs.to(self.acc.device))
                 for k, a in enumerate(rm.aspects):
                     m[f"eval/{name}/{a}"] = s[:, k].mean().item()
-                if name == "holdout_reward":
-                    m["eval/holdout_reward"] = held_out_scalar(s, rm.aspects, self.config.reward_aspects)
-        m.update(self.train_objective(list(prompts), imgs.to(self.acc.device)))
+        if "holdout_reward" in scores:
+            m["eval/holdout_reward"] = weighted_mean(scores["holdout_reward"], self.holdout.aspects,
+                                                     self.config.reward_aspects, all_if_none=True)
+        m.update(self.train_objective(list(prompts), imgs.to(self.acc.device), scores.get("reward")))
         if len(prompts) > 1:  # diversity across prompts: falls under mode collapse (undefined for one prompt)
             m["eval/pixel_std"] = imgs.std(0).mean().item()
         return m
@@ -227,11 +229,12 @@ class DiffusionTrainerBase:
         m = mean_over_processes(self.acc, self.evaluate(tag))
         return {**m, **self.monitor.observe(self.step_no, m)}
 
-    def train_objective(self, prompts: list[str], imgs: torch.Tensor) -> dict:
-        """``eval/train_reward``: what the loop optimises, on the eval images (the hacking monitor's first half)."""
-        if self.reward is None:
+    def train_objective(self, prompts: list[str], imgs: torch.Tensor, scores: torch.Tensor | None) -> dict:
+        """``eval/train_reward``: what the loop optimises, on the eval images (the hacking watch's first half);
+        here ``self.reward``'s ``scores`` of them, weighted by the recipe's aspects (no second forward pass)."""
+        if scores is None:
             return {}
-        return {"eval/train_reward": weighted_reward(self.reward, prompts, imgs, self.config.reward_aspects).mean().item()}
+        return {"eval/train_reward": weighted_mean(scores, self.reward.aspects, self.config.reward_aspects)}
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Path:

@@ -205,7 +205,7 @@ class GRPOTrainer(DiffusionTrainerBase):
         m["lr"] = lr
         return m
 
-    def train_objective(self, prompts: list[str], imgs: torch.Tensor) -> dict:
+    def train_objective(self, prompts: list[str], imgs: torch.Tensor, scores: torch.Tensor | None) -> dict:
         """Every reward of the list on the eval images, and their weighted sum as ``eval/train_reward``."""
         from vprefer.rl.rewards import score_rewards
 

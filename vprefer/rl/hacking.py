@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from vprefer.recipes import RecipeError
+
 log = logging.getLogger(__name__)
 
 Point = tuple[int, float, float]  # (step, training reward, held-out reward) at one evaluation
@@ -86,9 +88,14 @@ class HackingMonitor:
         self.signal = divergence(self.points, self.patience, self.min_delta) if self.points else None
 
 
-def held_out_scalar(scores, aspects: Sequence[str], weights: dict[str, float]) -> float:
-    """The held-out reward as one number: its (B, aspects) ``scores`` averaged over images and weighted by the
-    recipe's ``reward_aspects`` where it has them (all its aspects equally where it has none of them)."""
-    ks = [k for k, a in enumerate(aspects) if a in weights] or list(range(len(aspects)))
+def weighted_mean(scores, aspects: Sequence[str], weights: dict[str, float], *, all_if_none: bool = False) -> float:
+    """A reward as one number from its (B, aspects) ``scores``: averaged over images, the aspects in the recipe's
+    ``reward_aspects`` weighted by them (normalised by the weights' absolute sum, as ``weighted_reward``). None
+    of them among ``aspects``: a RecipeError, or with ``all_if_none`` (a held-out reward, which may score other
+    aspects) all its aspects equally."""
+    ks = [k for k, a in enumerate(aspects) if a in weights]
+    if not ks and not all_if_none:
+        raise RecipeError(f"reward_aspects {list(weights)} match none of the reward's aspects {list(aspects)}")
+    ks = ks or list(range(len(aspects)))
     w = [float(weights.get(aspects[k], 1.0)) for k in ks]
     return sum(wi * float(scores[:, k].mean()) for wi, k in zip(w, ks)) / (sum(map(abs, w)) or 1.0)

@@ -88,6 +88,14 @@ def stand_in_judge(noise: float = 0.0, position_bias: float = 0.0, seed: int = 0
     return run
 
 
+def _images(pixels) -> list[Image.Image]:
+    """A (B, 3, H, W) batch in [0, 1] as the 8-bit images a judge or the truth reader reads."""
+    import numpy as np
+
+    arr = (pixels.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]
+
+
 class JudgeReward:
     """The stand-in judge as a reward: each image judged alone (no position effect), 1-5 with the judge's noise,
     an integer score with no gradient. Served over HTTP (``vprefer.rl.reward_server.RewardServer``) it is what
@@ -99,16 +107,14 @@ class JudgeReward:
         self.noise, self.seed = noise, seed
 
     def score_pixels(self, prompts, pixels, aspects=None, normalize: bool = True):
-        import numpy as np
         import torch
 
         from vprefer.judge_server.scoring import judge
 
         aspects = list(aspects or self.aspects)
-        arr = (pixels.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         rows = []
-        for prompt, a in zip(prompts, arr):
-            ans = judge(prompt, [Image.fromarray(a)], aspects, 1, 5, 0.0, False, noise=self.noise, seed=self.seed)
+        for prompt, image in zip(prompts, _images(pixels)):
+            ans = judge(prompt, [image], aspects, 1, 5, 0.0, False, noise=self.noise, seed=self.seed)
             rows.append([float(ans["images"][0][x]["score"]) for x in aspects])
         return torch.tensor(rows)
 
@@ -121,10 +127,8 @@ class TruthReward:
     aspects = ["prompt_following", "all_right"]
 
     def score_pixels(self, prompts, pixels, aspects=None, normalize: bool = True):
-        import numpy as np
         import torch
 
         aspects = list(aspects or self.aspects)
-        arr = (pixels.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        rows = [truth_of_reading(p, read_image(Image.fromarray(a))) for p, a in zip(prompts, arr)]
+        rows = [truth_of_reading(p, read_image(image)) for p, image in zip(prompts, _images(pixels))]
         return torch.tensor([[float(r[x]) for x in aspects] for r in rows])
