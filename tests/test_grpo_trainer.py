@@ -61,7 +61,7 @@ def test_advantages_are_zero_mean_within_each_prompts_group_and_follow_the_rewar
         a, rg = roll.advantages[groups == g], r[groups == g]
         assert abs(a.mean().item()) < 1e-5
         assert torch.equal(a.argsort(), rg.argsort())  # the best image of the group gets the largest advantage
-    assert m["reward/vpscore"] == pytest.approx(r.mean().item(), abs=1e-6)
+    assert m["reward/rednessreward"] == pytest.approx(r.mean().item(), abs=1e-6)  # named after the reward
 
 
 def test_bad_knobs_are_refused_before_any_pipeline_loads(tmp_path):
