@@ -86,6 +86,8 @@ def main() -> None:
     for f in fields(LoopConfig):
         if f.type in ("int", "float"):
             ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float)
+    ap.add_argument("--grpo-gen-prompts", choices=("plain", "all"),
+                    help="online GRPO's prompts: the training combinations' plain prompts (default) or every training prompt")
     args = ap.parse_args()
     c = LoopConfig.small() if args.small else LoopConfig()
     for f in fields(LoopConfig):

@@ -133,3 +133,18 @@ def test_an_update_reports_where_its_time_went(tiny_sd, tmp_path):
     m = tr.update()
     assert 0 < m["time/reward_s"] < m["time/update_s"] and 0 < m["time/rollout_s"] < m["time/update_s"]
     assert 0 < m["time/reward_share"] < 1
+
+
+def test_inner_epochs_are_optimizer_steps_on_one_rollout_against_its_own_log_probs(tiny_sd, tmp_path):
+    """``inner_epochs: K`` is K optimizer steps on the same rollout (the world recipe's 4, as DDPO's 4 steps per
+    sampling epoch): the first sees a ratio of exactly 1, the later ones the moved policy against the rollout's
+    log-probs, so a small ``clip_range`` binds. Wrong versions: one step whatever K; the old log-probs recomputed
+    after each step (the ratio would stay 1 and the clip never bind)."""
+    tr = GRPOTrainer(grpo_cfg(tmp_path, tiny_sd, max_steps=1, inner_epochs=3, clip_range=1e-4, learning_rate=3e-2,
+                              timestep_fraction=1.0), prompts=["a red car", "a green dog"], reward=RednessReward())
+    steps = []
+    step = tr.optimizer_step
+    tr.optimizer_step = lambda: (steps.append(1), step())[1]
+    m = tr.update()
+    assert len(steps) == 3 and m["grpo/ratio_first"] == 1.0
+    assert m["grpo/clip_frac"] > 0 and m["grpo/ratio_mean"] != 1.0

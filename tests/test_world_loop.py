@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from vprefer.reward import VPScore
 from vprefer.reward.build import build
 from vprefer.testing.helpers import tiny_reward_recipe
-from vprefer.world import prompt_of, truth_eval
-from vprefer.world.loop import LoopConfig, held_out_items, seen_items, training_prompts
+from vprefer.world import parse_prompt, prompt_of, truth_eval
+from vprefer.world.loop import LoopConfig, grpo_gen_prompts, held_out_items, seen_items, training_prompts
 from vprefer.world.models import SHIPPED, shipped_name
 from vprefer.world.prompts import HELD_OUT_COMBOS, TRAIN_COMBOS
 from vprefer.world.scenes import Scene
@@ -51,6 +51,10 @@ def test_compare_is_paired_by_prompt_and_seed_with_a_ci_over_prompts():
     assert g["gap_sd"] > 1 and g["truth_gain_sd"] < 0
     with pytest.raises(ValueError, match="same"):
         truth_eval.compare(before, _reading(prompts[::-1], [_t()] * 12))
+    # how many shapes are drawn large, before and after (a flat image shows no size: not large)
+    before.sizes, after.sizes = ["small"] * 9 + ["large"] * 3, ["large"] * 6 + [None] * 2 + ["small"] * 4
+    c = truth_eval.compare(before, after, n_boot=50)
+    assert c["large_share"] == {"before": 0.25, "after": 0.5} and "drawn large 0.25->0.50" in truth_eval.line("x", c)
 
 
 def test_reward_accuracy_counts_pairs_the_truth_decides_within_a_prompt():
@@ -70,6 +74,13 @@ def test_loop_prompts_keep_held_out_combinations_out_of_training():
     assert len(held) == len(HELD_OUT_COMBOS) * c.eval_seeds and len(set(zip(held, seeds))) == len(held)
     seen = seen_items(c)
     assert not set(seeds) & set(seen[1]) and min(seeds) >= 1_000_000  # evaluation seeds are no training seed
+    # online GRPO's prompts: by default the training combinations' plain prompts, each once, none held out
+    plain = grpo_gen_prompts(c)
+    assert sorted(plain) == sorted(prompt_of(Scene(*x)) for x in TRAIN_COMBOS) and set(plain) <= set(train)
+    assert not set(plain) & set(held) and all(parse_prompt(p)["size"] is None for p in plain)
+    assert grpo_gen_prompts(LoopConfig(grpo_gen_prompts="all")) == train
+    with pytest.raises(ValueError, match="grpo_gen_prompts"):
+        grpo_gen_prompts(LoopConfig(grpo_gen_prompts="descriptive"))
 
 
 def test_world_model_stand_in_folders_are_named_copies():

@@ -50,6 +50,7 @@ class LoopConfig:
     dpo_steps: int = 2000
     grpo_steps: int = 100
     grpo_gen_steps: int = 120          # online GRPO on the generator: updates (each 2 prompts x 8 images)
+    grpo_gen_prompts: str = "plain"    # its prompts: "plain" (the training combinations as users type them) or "all"
     dpo_flow_steps: int = 600
     eval_seeds: int = 12               # per held-out prompt (11 held-out combinations)
     train_eval_seeds: int = 3          # per training combination, seeds no step saw
@@ -77,6 +78,19 @@ def training_prompts(c: LoopConfig) -> list[str]:
         for k in range(c.descriptive_per_combo):
             out.append(prompt_of(Scene(*combo, size=rng.choice(SIZES)), "descriptive", seed=rng.randrange(1 << 30)))
     return list(dict.fromkeys(out))
+
+
+def grpo_gen_prompts(c: LoopConfig) -> list[str]:
+    """Online GRPO's prompts. It needs prompts only (no images, no labels), so the loop gives it the style
+    users type and the benchmark asks in: the training combinations' plain prompts (``grpo_gen_prompts:
+    plain``, the default). Descriptive prompts name a size, and rewarding the named size there pulls
+    against what helps a plain prompt (a shape drawn large is read right far more often); "all" trains on
+    every training prompt, as the other loops do. Either way no held-out combination is ever a prompt."""
+    if c.grpo_gen_prompts not in ("plain", "all"):
+        raise ValueError(f"grpo_gen_prompts must be 'plain' or 'all' (got {c.grpo_gen_prompts!r})")
+    if c.grpo_gen_prompts == "all":
+        return training_prompts(c)
+    return [prompt_of(Scene(*combo)) for combo in TRAIN_COMBOS]
 
 
 def held_out_items(c: LoopConfig) -> tuple[list[str], list[int]]:
@@ -244,14 +258,14 @@ def run_grpo_gen(s: Stages, c: LoopConfig, name: str) -> Path:
     if name == "grpo-gen-truth":
         from vprefer.world.judge_check import TruthReward
 
-        GRPOTrainer(cfg, prompts=training_prompts(c), reward=TruthReward()).train()
+        GRPOTrainer(cfg, prompts=grpo_gen_prompts(c), reward=TruthReward()).train()
         return s.out / name
     if name != "grpo-gen-judge":
-        GRPOTrainer(cfg, prompts=training_prompts(c), reward=str(s.vpscore)).train()
+        GRPOTrainer(cfg, prompts=grpo_gen_prompts(c), reward=str(s.vpscore)).train()
         return s.out / name
     with RewardServer(JudgeReward(noise=c.judge_noise, seed=c.seed), {"prompt_following": 1.0}).start() as srv:
         cfg.rewards = [srv.url]
-        GRPOTrainer(cfg, prompts=training_prompts(c)).train()
+        GRPOTrainer(cfg, prompts=grpo_gen_prompts(c)).train()
     return s.out / name
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from vprefer.world.reader import truth
+from vprefer.world.reader import read_image, truth_of_reading
 
 KEYS = ("colour_right", "shape_right", "background_right", "all_right")
 
@@ -36,6 +36,12 @@ class Reading:
     truth: list[dict]
     reward: list[float] | None = None
     images: list = field(default_factory=list, repr=False)
+    sizes: list = field(default_factory=list)  # the size each image shows ("large", "small", None): the reader's
+
+    def large_share(self) -> float:
+        """Share of images drawn large: on plain prompts (which name no size) the world's generator gets held-out
+        shapes right far more often when it draws them large, so this is where a loop's gain often comes from."""
+        return float(np.mean([z == "large" for z in self.sizes])) if self.sizes else float("nan")
 
     def share(self, key: str) -> float:
         return float(np.mean([t[key] for t in self.truth]))
@@ -60,7 +66,9 @@ def read(pipe, asked: Sequence[str], seeds: Sequence[int], *, made_from: Sequenc
     """Make one image per (prompt, seed) and read it against ``asked``. ``made_from``: the prompts the
     images are generated from, when they differ from what was asked (a rewriter's rewrites)."""
     ims = images_for(pipe, list(made_from or asked), seeds, steps=steps, guidance=guidance)
-    r = Reading(list(asked), [int(s) for s in seeds], [truth(p, im) for p, im in zip(asked, ims)], images=ims)
+    seen = [read_image(im) for im in ims]
+    r = Reading(list(asked), [int(s) for s in seeds], [truth_of_reading(p, x) for p, x in zip(asked, seen)],
+                images=ims, sizes=[x["size"] for x in seen])
     if reward is not None:
         r.reward = score(reward, list(asked), ims, reward_aspects or {"overall": 1.0})
     return r
@@ -106,6 +114,7 @@ def compare(before: Reading, after: Reading, *, n_boot: int = 2000, seed: int = 
         a, b = after.truth[i]["prompt_following"], before.truth[i]["prompt_following"]
         return 1.0 if a > b else 0.5 if a == b else 0.0
 
+    out["large_share"] = {"before": before.large_share(), "after": after.large_share()}
     w, lo, hi = _boot(_by_prompt(before, win), n_boot, seed)
     decided = [win(i) for i in range(len(before.prompts)) if win(i) != 0.5]
     out["win_rate"] = {"rate": w, "ci": [lo, hi], "decided": len(decided),
@@ -145,6 +154,8 @@ def line(name: str, c: dict) -> str:
         x = c[k]
         parts.append(f"{k.replace('_right', '')} {x['before']:.2f}->{x['after']:.2f} "
                      f"({x['delta']:+.2f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}])")
+    if "large_share" in c:
+        parts.append(f"drawn large {c['large_share']['before']:.2f}->{c['large_share']['after']:.2f}")
     w = c["win_rate"]
     parts.append(f"truth win rate {w['rate']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]")
     if "reward" in c:
