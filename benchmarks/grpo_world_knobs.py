@@ -5,8 +5,8 @@ Rewards: ``large`` (1 when the truth reader sees the shape drawn large: a direct
 known, to tell "the knobs cannot learn" from "the reward has no signal"), ``truth`` (the truth reader's prompt
 following, the ceiling no user has) or a VP-Score folder. Prompts: the training combinations' plain prompts
 (``--prompts plain``) or every closed-loop training prompt (``all``). Knobs: ``key=value`` recipe overrides
-on ``rl/grpo-world.yaml``, e.g. ``inner_epochs=1 clip_range=1e-4 timestep_fraction=0.6`` (the recipe before
-issue 31's last measurement). Prints, before and after: held-out "all right", colour, shape, the share drawn
+on ``rl/grpo-world.yaml``, e.g. ``inner_epochs=1 clip_range=1e-4 timestep_fraction=0.6 beta=0`` (the recipe
+before issue 31's second measurement; ``beta=0`` alone gives the new knobs without the KL). Prints, before and after: held-out "all right", colour, shape, the share drawn
 large and "all right" among large and among small shapes (11 held-out combinations x 12 seeds, the closed
 loop's evaluation sampler: DDIM, 20 steps, CFG 3).
 

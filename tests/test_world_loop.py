@@ -52,6 +52,7 @@ def test_compare_is_paired_by_prompt_and_seed_with_a_ci_over_prompts():
     with pytest.raises(ValueError, match="same"):
         truth_eval.compare(before, _reading(prompts[::-1], [_t()] * 12))
     # how many shapes are drawn large, before and after (a flat image shows no size: not large)
+    assert "large_share" not in c  # readings without sizes report none (NaN would not be JSON)
     before.sizes, after.sizes = ["small"] * 9 + ["large"] * 3, ["large"] * 6 + [None] * 2 + ["small"] * 4
     c = truth_eval.compare(before, after, n_boot=50)
     assert c["large_share"] == {"before": 0.25, "after": 0.5} and "drawn large 0.25->0.50" in truth_eval.line("x", c)
@@ -99,6 +100,7 @@ def test_the_shipped_generator_draws_the_world_right_often_but_not_always():
     r = truth_eval.read(pipe, prompts, list(range(1_000_000, 1_000_000 + len(prompts))))
     assert r.share("colour_right") >= 0.8 and r.share("background_right") >= 0.8, r.truth
     assert 0.1 <= r.share("all_right") <= 0.9
+    assert len(r.sizes) == len(prompts) and set(r.sizes) <= {"large", "small", None} and "large" in r.sizes
 
 
 def test_similarity_prior_starts_every_head_at_the_zero_shot_score_and_survives_saving(tmp_path):

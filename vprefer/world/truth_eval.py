@@ -36,7 +36,7 @@ class Reading:
     truth: list[dict]
     reward: list[float] | None = None
     images: list = field(default_factory=list, repr=False)
-    sizes: list = field(default_factory=list)  # the size each image shows ("large", "small", None): the reader's
+    sizes: list = field(default_factory=list)  # the size the truth reader sees in each image: "large", "small", None
 
     def large_share(self) -> float:
         """Share of images drawn large: on plain prompts (which name no size) the world's generator gets held-out
@@ -114,7 +114,8 @@ def compare(before: Reading, after: Reading, *, n_boot: int = 2000, seed: int = 
         a, b = after.truth[i]["prompt_following"], before.truth[i]["prompt_following"]
         return 1.0 if a > b else 0.5 if a == b else 0.0
 
-    out["large_share"] = {"before": before.large_share(), "after": after.large_share()}
+    if before.sizes and after.sizes:  # readings made by read() always have them; NaN is not JSON
+        out["large_share"] = {"before": before.large_share(), "after": after.large_share()}
     w, lo, hi = _boot(_by_prompt(before, win), n_boot, seed)
     decided = [win(i) for i in range(len(before.prompts)) if win(i) != 0.5]
     out["win_rate"] = {"rate": w, "ci": [lo, hi], "decided": len(decided),
