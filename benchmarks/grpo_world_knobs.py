@@ -6,8 +6,9 @@ known, to tell "the knobs cannot learn" from "the reward has no signal"), ``trut
 following, the ceiling no user has) or a VP-Score folder. Prompts: the training combinations' plain prompts
 (``--prompts plain``) or every closed-loop training prompt (``all``). Knobs: ``key=value`` recipe overrides
 on ``rl/grpo-world.yaml``, e.g. ``inner_epochs=1 clip_range=1e-4 timestep_fraction=0.6 beta=0`` (the recipe
-before issue 31's second measurement; ``beta=0`` alone gives the new knobs without the KL). Prints, before and after: held-out "all right", colour, shape, the share drawn
-large and "all right" among large and among small shapes (11 held-out combinations x 12 seeds, the closed
+before issue 31's second measurement; ``beta=0`` alone gives the new knobs without the KL), typed and checked as
+``vprefer rl grpo``'s. Prints, before and after: held-out "all right", colour, shape, the share drawn large and
+"all right" among large and among small shapes (11 held-out combinations x 12 seeds, the closed
 loop's evaluation sampler: DDIM, 20 steps, CFG 3).
 
     python benchmarks/grpo_world_knobs.py --reward large --steps 50 [key=value ...]
@@ -17,7 +18,6 @@ loop's evaluation sampler: DDIM, 20 steps, CFG 3).
 from __future__ import annotations
 
 import argparse
-import ast
 import tempfile
 import time
 from pathlib import Path
@@ -39,12 +39,11 @@ class LargeReward:
 
 
 def measure(pipe) -> dict:
-    from vprefer.world import HELD_OUT_COMBOS, Scene, prompt_of, truth_eval
-    from vprefer.world.loop import EVAL_SEED, GUIDANCE, SAMPLE_STEPS
+    from vprefer.world import truth_eval
+    from vprefer.world.loop import GUIDANCE, SAMPLE_STEPS, LoopConfig, held_out_items
 
-    seeds = [EVAL_SEED + k for k in range(12)]
-    prompts = [prompt_of(Scene(*c)) for c in HELD_OUT_COMBOS for _ in seeds]
-    r = truth_eval.read(pipe, prompts, seeds * len(HELD_OUT_COMBOS), steps=SAMPLE_STEPS, guidance=GUIDANCE)
+    prompts, seeds = held_out_items(LoopConfig())
+    r = truth_eval.read(pipe, prompts, seeds, steps=SAMPLE_STEPS, guidance=GUIDANCE)
     by = {z: [t["all_right"] for t, s in zip(r.truth, r.sizes) if s == z] for z in ("large", "small")}
     out = {k: r.share(k) for k in ("all_right", "colour_right", "shape_right")}
     out.update(large=r.large_share(), **{f"all_right_if_{z}": float(np.mean(v)) if v else float("nan")
@@ -67,15 +66,9 @@ def main() -> None:
     from vprefer.world.loop import LoopConfig, grpo_gen_prompts
     from vprefer.world.models import copy_shipped
 
-    over = {}
-    for kv in args.overrides:
-        key, _, value = kv.partition("=")
-        try:
-            over[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            over[key] = value
+    over = {}  # the recipe's keys this script sets; the trailing key=value arguments (typed, checked) win
     if args.reward == "large":
-        reward, over = LargeReward(), {"reward_aspects": {"large": 1.0}, **over}
+        reward, over = LargeReward(), {"reward_aspects": {"large": 1.0}}
     elif args.reward == "truth":
         reward = TruthReward()
     else:
@@ -84,7 +77,8 @@ def main() -> None:
         out = Path(args.out or tmp)
         base = out / "world-sd" if (out / "world-sd").exists() else copy_shipped("sd", out / "world-sd")
         cfg = config_from_yaml(GRPOConfig, "grpo-world", output_dir=str(out / "grpo"), pretrained=str(base),
-                               max_steps=args.steps, seed=0, report_to=[], disable_tqdm=True, **over)
+                               max_steps=args.steps, seed=0, report_to=[], disable_tqdm=True, cli_args=args.overrides,
+                               **over)
         pipe = load_pipeline(str(base))
         before = measure(pipe)
         t = time.monotonic()
@@ -100,4 +94,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from vprefer.errors import VpreferError
+
+    try:
+        main()
+    except VpreferError as e:  # a bad key=value or reward folder: one line, exit 1
+        raise SystemExit(f"error: {e}") from None

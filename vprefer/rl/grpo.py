@@ -101,8 +101,8 @@ class GRPOTrainer(DiffusionTrainerBase):
             from vprefer.rl.rewards import weighted_reward
 
             rm, w = self.reward, config.reward_aspects
-            name = getattr(rm, "name", None) or _reward_label(rm)
-            self.rewards = [LoadedReward(name, 1.0, lambda p, px: weighted_reward(rm, p, px.to(self.acc.device), w))]
+            self.rewards = [LoadedReward(_reward_label(rm), 1.0,
+                                         lambda p, px: weighted_reward(rm, p, px.to(self.acc.device), w))]
         else:
             raise InputError("GRPO needs a reward: a `rewards:` list in the recipe or --reward")
         self.weights = reward_weights(self.rewards)
@@ -220,11 +220,11 @@ class GRPOTrainer(DiffusionTrainerBase):
 
 
 def _reward_label(rm) -> str:
-    """A reward object's name in logs: ``vpscore`` for a VP-Score, else its class's name (a truth reader or a
-    judge passed in from Python must not show up as ``reward/vpscore``)."""
+    """A reward object's name in logs: its ``name`` if it has one, ``vpscore`` for a VP-Score, else its class's
+    name (a truth reader or a judge passed in from Python must not show up as ``reward/vpscore``)."""
     from vprefer.reward import VPScore
 
-    return "vpscore" if isinstance(rm, VPScore) else type(rm).__name__.lower()
+    return getattr(rm, "name", None) or ("vpscore" if isinstance(rm, VPScore) else type(rm).__name__.lower())
 
 
 def _group_std(r: torch.Tensor, groups: list[int]) -> float:

@@ -110,12 +110,13 @@ def compare(before: Reading, after: Reading, *, n_boot: int = 2000, seed: int = 
                           n_boot, seed)
         out[k] = {"before": before.share(k), "after": after.share(k), "delta": d, "ci": [lo, hi]}
 
+    if before.sizes and after.sizes:  # readings made by read() always have them; NaN is not JSON
+        out["large_share"] = {"before": before.large_share(), "after": after.large_share()}
+
     def win(i: int) -> float:
         a, b = after.truth[i]["prompt_following"], before.truth[i]["prompt_following"]
         return 1.0 if a > b else 0.5 if a == b else 0.0
 
-    if before.sizes and after.sizes:  # readings made by read() always have them; NaN is not JSON
-        out["large_share"] = {"before": before.large_share(), "after": after.large_share()}
     w, lo, hi = _boot(_by_prompt(before, win), n_boot, seed)
     decided = [win(i) for i in range(len(before.prompts)) if win(i) != 0.5]
     out["win_rate"] = {"rate": w, "ci": [lo, hi], "decided": len(decided),
