@@ -166,6 +166,26 @@ def test_advantages_are_normalised_within_each_prompts_group():
         group_advantages(rewards, groups[:3])
 
 
+def test_batch_scaling_weights_a_group_by_how_much_its_images_differ():
+    """``scale="batch"``: centred in the group, divided by the batch's std. A group whose images differ by
+    the reward's noise (spread 0.01) gets a hundredth of the push of one with a real difference (spread 1);
+    under group scaling both get unit spread (the wrong version for a "batch" recipe)."""
+    rewards = torch.tensor([0.50, 0.51, 0.49, 0.50, 0.0, 1.0, 2.0, 1.0])
+    groups = [0, 0, 0, 0, 1, 1, 1, 1]
+    adv = group_advantages(rewards, groups, scale="batch")
+    centred = torch.tensor([0.0, 0.01, -0.01, 0.0, -1.0, 0.0, 1.0, 0.0])
+    torch.testing.assert_close(adv, centred / ((centred ** 2).mean().sqrt() + 1e-4))
+    for sl in (slice(0, 4), slice(4, 8)):
+        assert abs(float(adv[sl].mean())) < 1e-6 and torch.equal(adv[sl].argsort(), rewards[sl].argsort())
+    assert float(adv[4:].std() / adv[:4].std()) == pytest.approx(100.0, rel=1e-3)
+    by_group = group_advantages(rewards, groups)  # the default: both groups pushed alike
+    assert float(by_group[4:].std() / by_group[:4].std()) == pytest.approx(1.0, rel=0.02)  # eps: 1e-4
+    per = combine_rewards({"r": rewards}, None, groups, scale="batch")[1]["r"]
+    torch.testing.assert_close(per, adv)  # the recipe's knob reaches every reward of a list
+    with pytest.raises(InputError, match="scale"):
+        group_advantages(rewards, groups, scale="prompt")
+
+
 def test_several_rewards_are_normalised_each_within_the_group_before_weighting():
     big = torch.tensor([2000.0, 3000.0, 1000.0, 0.0, 5.0, 9.0])  # a reward on a scale 1000x the other's
     small = torch.tensor([0.3, 0.1, 0.2, 0.2, 0.1, 0.0])

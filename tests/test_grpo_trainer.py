@@ -50,23 +50,31 @@ def test_the_ratio_is_one_on_the_first_step_and_the_transitions_are_the_sampled_
     assert not torch.equal(nxt, roll.nexts[0]) and float(std.max()) > 0
 
 
-def test_advantages_are_zero_mean_within_each_prompts_group_and_follow_the_reward(tiny_sd, tmp_path):
-    tr = GRPOTrainer(grpo_cfg(tmp_path, tiny_sd, max_steps=1), prompts=["a red car", "a green dog"],
-                     reward=RednessReward())
+@pytest.mark.parametrize("scale", ["group", "batch"])
+def test_advantages_are_zero_mean_within_each_prompts_group_and_follow_the_reward(tiny_sd, tmp_path, scale):
+    tr = GRPOTrainer(grpo_cfg(tmp_path, tiny_sd, max_steps=1, scale_rewards=scale),
+                     prompts=["a red car", "a green dog"], reward=RednessReward())
     roll = tr.rollout()
     m = tr.advantages(roll)
     r = RednessReward().score_pixels(roll.prompts, roll.pixels)[:, 0]
     groups = torch.tensor(roll.groups)
+    spread = {}
     for g in groups.unique():
         a, rg = roll.advantages[groups == g], r[groups == g]
         assert abs(a.mean().item()) < 1e-5
         assert torch.equal(a.argsort(), rg.argsort())  # the best image of the group gets the largest advantage
+        spread[int(g)] = (a.std().item(), rg.std().item())
+    (a0, r0), (a1, r1) = spread.values()
+    # group scaling: every group unit spread (to eps = 1e-4 on rewards spread ~0.003); batch scaling: a
+    # group's spread in proportion to its reward's (here one group's is 2.7 times the other's)
+    assert a0 / a1 == pytest.approx(1.0 if scale == "group" else r0 / r1, rel=0.05) and abs(r0 / r1 - 1) > 0.5
     assert m["reward/rednessreward"] == pytest.approx(r.mean().item(), abs=1e-6)  # named after the reward
 
 
 def test_bad_knobs_are_refused_before_any_pipeline_loads(tmp_path):
     for kw, msg in [({"group_size": 1}, "group_size"), ({"eta": 0.0}, "deterministic"),
-                    ({"timestep_fraction": 0.0}, "timestep_fraction"), ({"clip_range": 0.0}, "clip_range")]:
+                    ({"timestep_fraction": 0.0}, "timestep_fraction"), ({"clip_range": 0.0}, "clip_range"),
+                    ({"scale_rewards": "prompt"}, "scale_rewards")]:
         with pytest.raises(RecipeError, match=msg):
             grpo_cfg(tmp_path, tmp_path / "no-such-pipeline", **kw)
 
@@ -148,3 +156,30 @@ def test_inner_epochs_are_optimizer_steps_on_one_rollout_against_its_own_log_pro
     m = tr.update()
     assert len(steps) == 3 and m["grpo/ratio_first"] == 1.0
     assert m["grpo/clip_frac"] > 0 and m["grpo/ratio_mean"] != 1.0
+
+
+def test_minibatches_are_optimizer_steps_on_disjoint_shares_of_one_rollout(tiny_sd, tmp_path):
+    """``minibatches: M`` splits each pass over the rollout into M optimizer steps on disjoint shares of its
+    shuffled images (DDPO/Flow-GRPO's several steps per sampling epoch): every image once per pass, the first
+    step at a ratio of 1, the later ones against the rollout's own log-probs. Wrong versions: every
+    step on all images (M times the data), the same share each time, the knob ignored (one step)."""
+    tr = GRPOTrainer(grpo_cfg(tmp_path, tiny_sd, max_steps=1, inner_epochs=2, minibatches=3, group_size=3,
+                              groups_per_step=2, clip_range=1e-4, learning_rate=3e-2, timestep_fraction=1.0),
+                     prompts=["a red car", "a green dog"], reward=RednessReward())
+    parts, steps = [], []
+    loss, step = tr.step_loss, tr.optimizer_step
+    tr.step_loss = lambda roll, i, cond, part=None: (parts.append((len(steps), i, tuple(part.tolist()))),
+                                                      loss(roll, i, cond, part))[1]
+    tr.optimizer_step = lambda: (steps.append(1), step())[1]
+    m = tr.update()
+    # the first step's ratio is 1 up to rounding: a share of the batch sums its matrix products in another order
+    assert len(steps) == 6 and m["grpo/ratio_first"] == pytest.approx(1.0, abs=1e-6) and m["grpo/clip_frac"] > 0
+    by_step = {}
+    for k, i, part in parts:
+        by_step.setdefault(k, set()).add(part)
+    assert all(len(v) == 1 for v in by_step.values())  # one share per optimizer step, every denoising step on it
+    shares = [next(iter(by_step[k])) for k in range(6)]
+    for p in (shares[:3], shares[3:]):  # each pass: three disjoint shares of two images covering all six
+        assert sorted(sum(p, ())) == list(range(6)) and all(len(x) == 2 for x in p)
+    with pytest.raises(RecipeError, match="minibatches"):
+        grpo_cfg(tmp_path, tiny_sd, group_size=3, groups_per_step=2, minibatches=4)

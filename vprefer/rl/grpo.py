@@ -3,12 +3,14 @@
 One update: sample ``group_size`` images for each of ``groups_per_step`` prompts with the policy as it is
 (the rollout turned stochastic: DDIM with ``eta`` for SD, the flow ODE's marginal-preserving SDE with
 ``noise_level`` for rectified flow), keeping every transition and its log-probability; score them with every
-reward of the list; normalise each reward **within its prompt's group** (rewards gathered over processes
-first, so a group is normalised once wherever its images were made) and combine; then, for
-``inner_epochs`` optimizer steps, recompute the log-probability of the sampled transitions at a random
+reward of the list; centre each reward **within its prompt's group** and scale it by the group's or the
+batch's std (``scale_rewards``; rewards gathered over processes first, so a group is normalised once wherever
+its images were made) and combine; then, for ``inner_epochs`` passes of ``minibatches`` optimizer steps (each
+on its share of the shuffled images), recompute the log-probability of the sampled transitions at a random
 ``timestep_fraction`` of the steps with gradient and minimise the clipped surrogate (+ ``beta`` times the KL
 to the reference: the denoiser with its LoRA disabled). The first optimizer step of an update sees a ratio
-of exactly 1 (logged as ``grpo/ratio_first``; a trainer whose recomputed log-probs drift shows it at once).
+of exactly 1 (logged as ``grpo/ratio_first``; a trainer whose recomputed log-probs drift shows it at once; with
+``minibatches`` > 1, 1 up to rounding, as a share of the batch sums its matrix products in another order).
 
 Rewards need not be differentiable: a VP-Score, a Python callable, or a judge behind HTTP
 (``vprefer serve-reward``, any server speaking its protocol) all work (``vprefer.rl.rewards``). Evaluation
@@ -29,8 +31,8 @@ import torch
 from vprefer.errors import InputError
 from vprefer.recipes import RecipeError
 from vprefer.rl.common import DiffusionTrainerBase, DiffusionTrainingConfig
-from vprefer.rl.grpo_math import (combine_rewards, ddim_step_with_logprob, flow_sde_step_with_logprob, grpo_loss,
-                                  timestep_subset)
+from vprefer.rl.grpo_math import (SCALES, combine_rewards, ddim_step_with_logprob, flow_sde_step_with_logprob,
+                                  grpo_loss, timestep_subset)
 from vprefer.diffusion import decode, encode
 from vprefer.rl.noising import rollout_scheduler
 
@@ -47,13 +49,23 @@ class GRPOConfig(DiffusionTrainingConfig):
     timestep_fraction: float = field(default=0.6, metadata={"help": "share of the steps trained on (DanceGRPO: 0.6)"})
     clip_range: float = field(default=1e-4, metadata={"help": "PPO clip of the importance ratio (Flow-GRPO: 1e-4)"})
     adv_clip: float = field(default=5.0, metadata={"help": "advantages clamped to +-this (DDPO: 5)"})
+    scale_rewards: str = field(default="group", metadata={
+        "help": "divide each group's centred rewards by the group's std (group: DDPO, Flow-GRPO) or by the "
+                "batch's (batch: a group pushes in proportion to how much its images differ)"})
     beta: float = field(default=0.0, metadata={"help": "weight of the KL to the reference (LoRA off)"})
-    inner_epochs: int = field(default=1, metadata={"help": "optimizer steps per rollout"})
+    inner_epochs: int = field(default=1, metadata={"help": "passes over each rollout (PPO epochs)"})
+    minibatches: int = field(default=1, metadata={
+        "help": "optimizer steps per pass: the rollout's images shuffled and split into this many parts "
+                "(DDPO/Flow-GRPO split a sampling epoch into several steps); inner_epochs x minibatches steps"})
     train_guidance_scale: float = field(default=4.5, metadata={"help": "CFG in rollouts and updates (1 = off)"})
 
     def __post_init__(self):
         problems = [f"{k} must be at least 1 (got {getattr(self, k)})" for k in
-                    ("group_size", "groups_per_step", "num_steps", "inner_epochs") if getattr(self, k) < 1]
+                    ("group_size", "groups_per_step", "num_steps", "inner_epochs", "minibatches")
+                    if getattr(self, k) < 1]
+        if self.minibatches >= 1 and (self.group_size * self.groups_per_step) % self.minibatches:
+            problems.append(f"minibatches ({self.minibatches}) must divide the images of an update on each process "
+                            f"(groups_per_step x group_size = {self.group_size * self.groups_per_step})")
         if self.group_size < 2:
             problems.append("group_size must be at least 2: a group of one has no relative advantage")
         if not 0 < self.timestep_fraction <= 1:
@@ -63,6 +75,8 @@ class GRPOConfig(DiffusionTrainingConfig):
                             f"(got eta={self.eta}, noise_level={self.noise_level})")
         if self.clip_range <= 0 or self.adv_clip <= 0 or self.beta < 0 or self.train_guidance_scale < 0:
             problems.append("need clip_range > 0, adv_clip > 0, beta >= 0, train_guidance_scale >= 0")
+        if self.scale_rewards not in SCALES:
+            problems.append(f"scale_rewards must be one of {', '.join(SCALES)} (got {self.scale_rewards!r})")
         if problems:
             raise RecipeError("; ".join(problems))
         super().__post_init__()
@@ -153,15 +167,19 @@ class GRPOTrainer(DiffusionTrainerBase):
         groups = torch.tensor([g + rank * self.config.groups_per_step for g in roll.groups], device=self.acc.device)
         gathered = {k: self.acc.gather(v.to(self.acc.device)).cpu() for k, v in scores.items()}
         all_groups = self.acc.gather(groups).cpu().tolist()
-        adv, per = combine_rewards(gathered, self.weights, all_groups, clip=self.config.adv_clip)
+        adv, per = combine_rewards(gathered, self.weights, all_groups, clip=self.config.adv_clip,
+                                   scale=self.config.scale_rewards)
         roll.advantages = adv[rank * n:(rank + 1) * n].to(self.acc.device)
         m = {f"reward/{k}": v.mean().item() for k, v in gathered.items()}
         m.update({f"reward/{k}_group_std": _group_std(v, all_groups) for k, v in gathered.items()})
         return m
 
-    def step_loss(self, roll: Rollout, i: int, cond) -> tuple[torch.Tensor, dict]:
+    def step_loss(self, roll: Rollout, i: int, cond, part: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """The loss of step ``i`` on the rollout's images ``part`` (all when None; ``cond`` is theirs)."""
         c = self.config
-        x, nxt = roll.xs[i], roll.nexts[i]
+        x, nxt, old_lp, adv = roll.xs[i], roll.nexts[i], roll.old_lp[i], roll.advantages
+        if part is not None:
+            x, nxt, old_lp, adv = x[part], nxt[part], old_lp[part], adv[part]
         _, lp, mean, std = self.transition(self._predict(x, i, cond), i, x, prev=nxt)
         ref_mean = None
         if c.beta:
@@ -169,11 +187,11 @@ class GRPOTrainer(DiffusionTrainerBase):
                 t = self.sched.timesteps[i]
                 out = self.fam.predict(ref, self.sched.scale_model_input(x, t), t, cond, c.train_guidance_scale)
                 ref_mean = self.transition(out, i, x, prev=nxt)[2]
-        return grpo_loss(lp, roll.old_lp[i], roll.advantages, c.clip_range, mean=mean, ref_mean=ref_mean, std=std,
-                         beta=c.beta)
+        return grpo_loss(lp, old_lp, adv, c.clip_range, mean=mean, ref_mean=ref_mean, std=std, beta=c.beta)
 
     def update(self) -> dict:
-        """One rollout, then ``inner_epochs`` optimizer steps on it (the lr schedule steps once per update)."""
+        """One rollout, then ``inner_epochs`` passes over it of ``minibatches`` optimizer steps each, every step
+        on its own share of the shuffled images (the lr schedule steps once per update)."""
         c = self.config
         lr = self.lr_sched.get_last_lr()[0]
         t0 = time.perf_counter()
@@ -185,17 +203,25 @@ class GRPOTrainer(DiffusionTrainerBase):
         t_reward = time.perf_counter() - t1
         cond = roll.cond
         stats: list[dict] = []
-        for epoch in range(c.inner_epochs):
-            subset = timestep_subset(len(roll.xs), c.timestep_fraction, self.gen).tolist()
-            for j, i in enumerate(subset):
-                sync = contextlib.nullcontext() if j == len(subset) - 1 else self.acc.no_sync(self.unet)
-                with sync:
-                    loss, st = self.step_loss(roll, i, cond)
-                    self.acc.backward(loss / len(subset))
-                stats.append({**st, "epoch": epoch})
-            self.optimizer_step()
+        n_opt = 0
+        for _ in range(c.inner_epochs):
+            parts = [None] if c.minibatches == 1 else torch.randperm(len(roll.prompts), generator=self.gen).to(
+                self.acc.device).chunk(c.minibatches)
+            for part in parts:
+                if part is not None:  # the part's own conditioning: re-encoding is cheaper than slicing every family's
+                    cond = encode(self.pipe, [roll.prompts[k] for k in part.tolist()],
+                                  cfg=c.train_guidance_scale > 1, size=c.resolution)
+                subset = timestep_subset(len(roll.xs), c.timestep_fraction, self.gen).tolist()
+                for j, i in enumerate(subset):
+                    sync = contextlib.nullcontext() if j == len(subset) - 1 else self.acc.no_sync(self.unet)
+                    with sync:
+                        loss, st = self.step_loss(roll, i, cond, part)
+                        self.acc.backward(loss / len(subset))
+                    stats.append({**st, "opt_step": n_opt})
+                self.optimizer_step()
+                n_opt += 1
         self.lr_sched.step()
-        first = [s for s in stats if s["epoch"] == 0]
+        first = [s for s in stats if s["opt_step"] == 0]
         m.update({f"grpo/{k}": sum(s[k] for s in stats) / len(stats) for k in ("policy_loss", "kl", "clip_frac",
                                                                                  "approx_kl", "ratio_mean")})
         m["grpo/ratio_first"] = sum(s["ratio_mean"] for s in first) / len(first)

@@ -161,39 +161,55 @@ def _group_index(group_ids, n: int, device) -> torch.Tensor:
     return torch.tensor([first.setdefault(g, len(first)) for g in ids], device=device, dtype=torch.long)
 
 
-def group_advantages(rewards: torch.Tensor, group_ids, eps: float = 1e-4, clip: float | None = None) -> torch.Tensor:
-    """GRPO advantages: each reward standardised **within its prompt's group** ->
-    ``(r - mean_g) / (std_g + eps)`` with the population std (DDPO's per-prompt stat tracking, Flow-GRPO).
+SCALES = ("group", "batch")
+
+
+def group_advantages(rewards: torch.Tensor, group_ids, eps: float = 1e-4, clip: float | None = None,
+                     scale: str = "group") -> torch.Tensor:
+    """GRPO advantages: each reward centred **within its prompt's group**, then scaled.
+
+    ``scale="group"``: ``(r - mean_g) / (std_g + eps)`` with the population std (DDPO's per-prompt stat
+    tracking, Flow-GRPO, DanceGRPO). A group whose images differ only by the reward's noise is blown up to
+    unit spread, so it pushes as hard as a group with a real difference. ``scale="batch"``: ``(r - mean_g) /
+    (std + eps)`` with the std of the centred rewards over the whole batch (TRL's ``scale_rewards="batch"``,
+    "group mean, batch std" of Liu et al. 2025): a group's push is proportional to how much its images differ.
+    Either way the advantages are zero-mean in every group.
 
     ``group_ids``: one hashable per reward (prompt index or the prompt itself), (B,). A group whose rewards
     are all equal (or of one image) gets 0. ``clip``: advantages clamped to [-clip, clip] (DDPO: 5).
     Rewards must be gathered over processes first: a group split across ranks would be normalised twice.
     """
+    if scale not in SCALES:
+        raise InputError(f"scale must be one of {SCALES} (got {scale!r})")
     r = rewards.detach().float().reshape(-1)
     idx = _group_index(group_ids, r.numel(), r.device)
     k = int(idx.max()) + 1 if r.numel() else 0
     count = torch.zeros(k, device=r.device).index_add_(0, idx, torch.ones_like(r))
     mean = torch.zeros(k, device=r.device).index_add_(0, idx, r) / count
     centred = r - mean[idx]
-    std = (torch.zeros(k, device=r.device).index_add_(0, idx, centred ** 2) / count).sqrt()
-    adv = centred / (std[idx] + eps)
+    if scale == "batch":
+        adv = centred / ((centred ** 2).mean().sqrt() + eps) if r.numel() else centred
+    else:
+        std = (torch.zeros(k, device=r.device).index_add_(0, idx, centred ** 2) / count).sqrt()
+        adv = centred / (std[idx] + eps)
     return adv.clamp(-clip, clip) if clip is not None else adv
 
 
 def combine_rewards(rewards: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None, group_ids,
-                    eps: float = 1e-4, clip: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Several rewards into one advantage, GDPO style: each reward is normalised within the group first
-    (so a reward with a large scale or spread cannot drown the others), the per-reward advantages are summed
-    with ``weights`` (missing name = weight 1), and the sum is standardised over the batch (it stays zero-mean
-    in every group). Returns (advantage (B,), {name: its group advantage} for logging). ``clip`` applies to
-    the combined advantage."""
+                    eps: float = 1e-4, clip: float | None = None,
+                    scale: str = "group") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Several rewards into one advantage, GDPO style: each reward is centred within the group and scaled
+    first (``scale``, as ``group_advantages``: either way a reward with a large scale cannot drown the others),
+    the per-reward advantages are summed with ``weights`` (missing name = weight 1), and the sum is
+    standardised over the batch (it stays zero-mean in every group). Returns (advantage (B,), {name: its
+    group advantage} for logging). ``clip`` applies to the combined advantage."""
     if not rewards:
         raise InputError("combine_rewards: no rewards given")
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(rewards))
     if unknown:
         raise InputError(f"reward weights name {unknown}, which are not among the rewards {sorted(rewards)}")
-    per = {name: group_advantages(r, group_ids, eps=eps) for name, r in rewards.items()}
+    per = {name: group_advantages(r, group_ids, eps=eps, scale=scale) for name, r in rewards.items()}
     total = sum(float(weights.get(name, 1.0)) * a for name, a in per.items())
     total = (total - total.mean()) / (total.std(unbiased=False) + eps) if total.numel() > 1 else total * 0
     return (total.clamp(-clip, clip) if clip is not None else total), per
