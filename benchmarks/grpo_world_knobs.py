@@ -23,19 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-
-class LargeReward:
-    """1 when the truth reader sees the shape drawn large, else 0 (from pixels, no gradient)."""
-
-    aspects = ["large"]
-
-    def score_pixels(self, prompts, pixels, aspects=None, normalize: bool = True):
-        from vprefer.world import read_image
-        from vprefer.world.judge_check import _images
-
-        return torch.tensor([[float(read_image(im)["size"] == "large")] for im in _images(pixels)])
 
 
 def measure(pipe) -> dict:
@@ -62,13 +49,13 @@ def main() -> None:
     from vprefer.diffusion import load_pipeline
     from vprefer.rl import GRPOConfig, GRPOTrainer
     from vprefer.rl.common import config_from_yaml
-    from vprefer.world.judge_check import TruthReward
+    from vprefer.world.judge_check import LargeShapeReward, TruthReward
     from vprefer.world.loop import LoopConfig, grpo_gen_prompts
     from vprefer.world.models import copy_shipped
 
     over = {}  # the recipe's keys this script sets; the trailing key=value arguments (typed, checked) win
     if args.reward == "large":
-        reward, over = LargeReward(), {"reward_aspects": {"large": 1.0}}
+        reward, over = LargeShapeReward(), {"reward_aspects": {"large": 1.0}}
     elif args.reward == "truth":
         reward = TruthReward()
     else:

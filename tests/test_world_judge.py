@@ -151,3 +151,19 @@ def test_the_truth_reward_scores_pixels_as_the_reader_reads_the_images():
     assert s.shape == (3, 2)
     assert s[:, 0].tolist() == pytest.approx([1.0, 2 / 3, 0.0]) and s[:, 1].tolist() == [1.0, 0.0, 0.0]
     assert TruthReward().score_pixels([prompt_of(asked)], px[:1], aspects=["all_right"]).tolist() == [[1.0]]
+
+
+def test_the_large_shape_reward_is_one_exactly_where_the_reader_sees_a_large_shape():
+    """The diagnosis reward of benchmarks/grpo_world_knobs.py: 1 for a shape drawn large, whatever the prompt
+    asked (a wrong version reading the prompt's size, or the colour, gives other rows)."""
+    import numpy as np
+    import torch
+
+    from vprefer.world.judge_check import LargeShapeReward
+
+    scenes = [Scene("red", "circle", "white", "large"), Scene("red", "circle", "white", "small"),
+              Scene("blue", "square", "black", "large")]
+    px = torch.stack([torch.from_numpy(np.asarray(draw(sc, 32, seed=i), dtype=np.float32) / 255).permute(2, 0, 1)
+                      for i, sc in enumerate(scenes)])
+    asked = prompt_of(Scene("red", "circle", "white", "small"))
+    assert LargeShapeReward().score_pixels([asked] * 3, px).tolist() == [[1.0], [0.0], [1.0]]

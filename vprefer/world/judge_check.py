@@ -132,3 +132,17 @@ class TruthReward:
         aspects = list(aspects or self.aspects)
         rows = [truth_of_reading(p, read_image(image)) for p, image in zip(prompts, _images(pixels))]
         return torch.tensor([[float(r[x]) for x in aspects] for r in rows])
+
+
+class LargeShapeReward:
+    """1 when the truth reader sees the shape drawn large, else 0: a direct, dense reward whose optimum is known,
+    to tell "GRPO's knobs cannot learn" from "the reward has no signal" (``benchmarks/grpo_world_knobs.py``).
+    A plain prompt names no size, and the world's generator gets new combinations right far more often when it
+    draws them large."""
+
+    aspects = ["large"]
+
+    def score_pixels(self, prompts, pixels, aspects=None, normalize: bool = True):
+        import torch
+
+        return torch.tensor([[float(read_image(image)["size"] == "large")] for image in _images(pixels)])
