@@ -50,8 +50,8 @@ class GRPOConfig(DiffusionTrainingConfig):
     clip_range: float = field(default=1e-4, metadata={"help": "PPO clip of the importance ratio (Flow-GRPO: 1e-4)"})
     adv_clip: float = field(default=5.0, metadata={"help": "advantages clamped to +-this (DDPO: 5)"})
     scale_rewards: str = field(default="group", metadata={
-        "help": "divide each group's centred rewards by the group's std (group: DDPO, Flow-GRPO) or by the "
-                "batch's (batch: a group pushes in proportion to how much its images differ)"})
+        "help": "divide each group's centred rewards by the group's std (group: DDPO, DanceGRPO) or by the "
+                "batch's (batch: Flow-GRPO's global_std; a group pushes in proportion to how much its images differ)"})
     beta: float = field(default=0.0, metadata={"help": "weight of the KL to the reference (LoRA off)"})
     inner_epochs: int = field(default=1, metadata={"help": "passes over each rollout (PPO epochs)"})
     minibatches: int = field(default=1, metadata={
@@ -208,7 +208,7 @@ class GRPOTrainer(DiffusionTrainerBase):
             parts = [None] if c.minibatches == 1 else torch.randperm(len(roll.prompts), generator=self.gen).to(
                 self.acc.device).chunk(c.minibatches)
             for part in parts:
-                if part is not None:  # the part's own conditioning: re-encoding is cheaper than slicing every family's
+                if part is not None:  # the part's own conditioning: simpler than slicing every family's
                     cond = encode(self.pipe, [roll.prompts[k] for k in part.tolist()],
                                   cfg=c.train_guidance_scale > 1, size=c.resolution)
                 subset = timestep_subset(len(roll.xs), c.timestep_fraction, self.gen).tolist()

@@ -168,12 +168,12 @@ def group_advantages(rewards: torch.Tensor, group_ids, eps: float = 1e-4, clip: 
                      scale: str = "group") -> torch.Tensor:
     """GRPO advantages: each reward centred **within its prompt's group**, then scaled.
 
-    ``scale="group"``: ``(r - mean_g) / (std_g + eps)`` with the population std (DDPO's per-prompt stat
-    tracking, Flow-GRPO, DanceGRPO). A group whose images differ only by the reward's noise is blown up to
-    unit spread, so it pushes as hard as a group with a real difference. ``scale="batch"``: ``(r - mean_g) /
-    (std + eps)`` with the std of the centred rewards over the whole batch (TRL's ``scale_rewards="batch"``,
-    "group mean, batch std" of Liu et al. 2025): a group's push is proportional to how much its images differ.
-    Either way the advantages are zero-mean in every group.
+    ``scale="group"``: ``(r - mean_g) / (std_g + eps)`` with the group's population std (DDPO's per-prompt
+    stat tracking; DanceGRPO, with Bessel's correction). A group whose images differ only by the reward's noise
+    is blown up to unit spread, so it pushes as hard as a group with a real difference. ``scale="batch"``:
+    ``(r - mean_g) / (std + eps)`` with the population std of the rewards over the whole batch (Flow-GRPO's
+    ``global_std``, its default; TRL's ``scale_rewards="batch"``, there with Bessel's correction): a group's
+    push is proportional to how much its images differ. Either way the advantages are zero-mean in every group.
 
     ``group_ids``: one hashable per reward (prompt index or the prompt itself), (B,). A group whose rewards
     are all equal (or of one image) gets 0. ``clip``: advantages clamped to [-clip, clip] (DDPO: 5).
@@ -188,7 +188,7 @@ def group_advantages(rewards: torch.Tensor, group_ids, eps: float = 1e-4, clip: 
     mean = torch.zeros(k, device=r.device).index_add_(0, idx, r) / count
     centred = r - mean[idx]
     if scale == "batch":
-        adv = centred / ((centred ** 2).mean().sqrt() + eps) if r.numel() else centred
+        adv = centred / (r.std(unbiased=False) + eps) if r.numel() else centred
     else:
         std = (torch.zeros(k, device=r.device).index_add_(0, idx, centred ** 2) / count).sqrt()
         adv = centred / (std[idx] + eps)
