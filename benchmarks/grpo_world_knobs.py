@@ -75,7 +75,8 @@ def main() -> None:
         after = measure(pipe)
     print(f"GRPO on the world generator, reward {args.reward}, {args.prompts} prompts, {args.steps} updates of "
           f"{cfg.groups_per_step} x {cfg.group_size} images, inner_epochs {cfg.inner_epochs}, clip {cfg.clip_range}, "
-          f"timestep_fraction {cfg.timestep_fraction}, lr {cfg.learning_rate}, beta {cfg.beta} ({seconds:.0f} s)")
+          f"minibatches {cfg.minibatches}, timestep_fraction {cfg.timestep_fraction}, lr {cfg.learning_rate}, beta {cfg.beta}, "
+          f"scale_rewards {cfg.scale_rewards} ({seconds:.0f} s)")
     for k in before:
         print(f"  held-out {k}: {before[k]:.3f} -> {after[k]:.3f}")
 

@@ -49,7 +49,7 @@ class LoopConfig:
     refl_steps: int = 240
     dpo_steps: int = 2000
     grpo_steps: int = 100
-    grpo_gen_steps: int = 120          # online GRPO on the generator: updates (each 2 prompts x 8 images)
+    grpo_gen_steps: int = 240          # online GRPO on the generator: updates (each 2 prompts x 8 images)
     grpo_gen_prompts: str = "plain"    # its prompts: "plain" (the training combinations as users type them) or "all"
     dpo_flow_steps: int = 600
     eval_seeds: int = 12               # per held-out prompt (11 held-out combinations)
