@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from vprefer.world.loop import LOOPS, LoopConfig, closed_loop
+from vprefer.world.loop import GRPO_GEN_PROMPTS, LOOPS, LoopConfig, closed_loop
 
 
 def goals(result: dict) -> list[str]:
@@ -86,7 +86,7 @@ def main() -> None:
     for f in fields(LoopConfig):
         if f.type in ("int", "float"):
             ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float)
-    ap.add_argument("--grpo-gen-prompts", choices=("plain", "all"),
+    ap.add_argument("--grpo-gen-prompts", choices=GRPO_GEN_PROMPTS,
                     help="online GRPO's prompts: the training combinations' plain prompts (default) or every training prompt")
     args = ap.parse_args()
     c = LoopConfig.small() if args.small else LoopConfig()

@@ -39,9 +39,11 @@ def measure(pipe) -> dict:
 
 
 def main() -> None:
+    from vprefer.world.loop import GRPO_GEN_PROMPTS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reward", default="large", help="large | truth | a VP-Score folder")
-    ap.add_argument("--prompts", choices=("plain", "all"), default="plain")
+    ap.add_argument("--prompts", choices=GRPO_GEN_PROMPTS, default="plain")
     ap.add_argument("--steps", type=int, default=50, help="GRPO updates")
     ap.add_argument("--out", help="keep the run here (default: a temporary folder)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. learning_rate=3e-3")

@@ -80,13 +80,16 @@ def training_prompts(c: LoopConfig) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+GRPO_GEN_PROMPTS = ("plain", "all")  # the values of LoopConfig.grpo_gen_prompts
+
+
 def grpo_gen_prompts(c: LoopConfig) -> list[str]:
     """Online GRPO's prompts. It needs prompts only (no images, no labels), so the loop gives it the style
     users type and the benchmark asks in: the training combinations' plain prompts (``grpo_gen_prompts:
     plain``, the default). Descriptive prompts name a size, and rewarding the named size there pulls
     against what helps a plain prompt (a shape drawn large is read right far more often); "all" trains on
     every training prompt, as the other loops do. Either way no held-out combination is ever a prompt."""
-    if c.grpo_gen_prompts not in ("plain", "all"):
+    if c.grpo_gen_prompts not in GRPO_GEN_PROMPTS:
         raise ValueError(f"grpo_gen_prompts must be 'plain' or 'all' (got {c.grpo_gen_prompts!r})")
     if c.grpo_gen_prompts == "all":
         return training_prompts(c)
