@@ -181,5 +181,6 @@ def test_minibatches_are_optimizer_steps_on_disjoint_shares_of_one_rollout(tiny_
     shares = [next(iter(by_step[k])) for k in range(6)]
     for p in (shares[:3], shares[3:]):  # each pass: three disjoint shares of two images covering all six
         assert sorted(sum(p, ())) == list(range(6)) and all(len(x) == 2 for x in p)
+    assert set(shares[:3]) != set(shares[3:])  # shuffled again each pass (not the same fixed split, group by group)
     with pytest.raises(RecipeError, match="minibatches"):
         grpo_cfg(tmp_path, tiny_sd, group_size=3, groups_per_step=2, minibatches=4)
